@@ -1,0 +1,190 @@
+"""``instrument(app)``: the one line that makes a Celery app observable.
+
+It connects the publish-side signal handlers at once (a web process that
+only publishes gets ``celery_task_sent_total``), and adds a worker bootstep and
+the ``--metrics-*`` worker options, so that a worker started on the app
+instruments its requests and serves ``/metrics`` from its main process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
+from celery.utils.imports import symbol_by_name
+from prometheus_client import CollectorRegistry, disable_created_metrics
+
+from .collectors import WorkerStateCollector
+from .exporter import Exporter, start_exporter
+from .hooks import TaskHooks, instrumented_request_class
+from .metrics import TaskMetrics
+from .settings import ObsSettings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["Instrumentation", "instrument", "instrumentation_for"]
+
+_INSTRUMENTED: weakref.WeakKeyDictionary[Any, Instrumentation] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+class Instrumentation:
+    """The metrics, hooks and (in a worker) exporter of one instrumented app."""
+
+    def __init__(
+        self,
+        app: Celery,
+        keywords: dict[str, Any],
+        registry: CollectorRegistry | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.app = app
+        self.keywords = dict(keywords)
+        self._environ = environ
+        self.settings = ObsSettings.resolve(self.keywords, environ)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = TaskMetrics(self.registry, self.settings)
+        self.hooks = TaskHooks(app, self.metrics, self.settings)
+        self.exporter: Exporter | None = None
+        self.consumer_running = False
+        self.worker: Any = None
+        self._worker_collector: WorkerStateCollector | None = None
+        self._uid = f"csuite_async_obs:{id(self)}"
+
+    # ------------------------------------------------------------------ wiring
+
+    def connect_signals(self) -> None:
+        signals.before_task_publish.connect(self.hooks.before_publish, weak=False,
+                                            dispatch_uid=self._uid + ":before")  # fmt: skip
+        signals.after_task_publish.connect(self.hooks.after_publish, weak=False,
+                                           dispatch_uid=self._uid + ":after")  # fmt: skip
+        signals.task_unknown.connect(self._on_unknown, weak=False,
+                                     dispatch_uid=self._uid + ":unknown")  # fmt: skip
+
+    def disconnect_signals(self) -> None:
+        signals.before_task_publish.disconnect(dispatch_uid=self._uid + ":before")
+        signals.after_task_publish.disconnect(dispatch_uid=self._uid + ":after")
+        signals.task_unknown.disconnect(dispatch_uid=self._uid + ":unknown")
+
+    def _on_unknown(self, sender: Any = None, **kwargs: Any) -> None:
+        if getattr(sender, "app", self.app) is self.app:
+            self.hooks.on_unknown_task(**kwargs)
+
+    # ------------------------------------------------------------------ worker life
+
+    def reconfigure(self, flags: dict[str, Any]) -> None:
+        """Apply ``celery worker`` flags; rebuild the metrics if they change them."""
+        settings = ObsSettings.resolve(self.keywords, self._environ, flags)
+        if settings == self.settings:
+            return
+        self.settings = settings
+        self.metrics.unregister()
+        self.metrics = TaskMetrics(self.registry, settings)
+        self.hooks.metrics = self.metrics
+        self.hooks.settings = settings
+        self.hooks.task_log = settings.task_log
+        self.hooks.log_args = settings.log_task_args
+
+    def install_request_classes(self) -> None:
+        """Give every registered task a Request class that reports to these hooks."""
+        for task in list(self.app.tasks.values()):
+            base = symbol_by_name(task.Request)
+            task.Request = instrumented_request_class(base, self.hooks)
+
+    def worker_started(self, worker: Any) -> None:
+        self.worker = worker
+        # The text format exposes every counter's _created sample as a gauge
+        # series of its own: twice the series for nothing an alert uses.  The
+        # worker process is ours, so we switch them off for it.
+        disable_created_metrics()
+        self.install_request_classes()
+        self.hooks.prime()
+        collector = WorkerStateCollector(
+            worker,
+            lambda: self.consumer_running,
+            self.settings.const_labels,
+            on_error=lambda exc: self.hooks.fail("collect", exc),
+        )
+        self.registry.register(collector)
+        self._worker_collector = collector
+        if self.settings.metrics_port:
+            self.exporter = start_exporter(
+                self.registry,
+                port=self.settings.metrics_port,
+                addr=self.settings.metrics_addr,
+                health=self.health,
+                on_error=lambda exc: self.hooks.fail("exporter", exc),
+                log_format=self.settings.log_format,
+            )
+            if self.exporter is not None:
+                self.hooks.log.info(
+                    "metrics_exporter_started",
+                    url=f"http://{_url_host(self.exporter.address)}:{self.exporter.port}/metrics",
+                    pid=os.getpid(),
+                )
+
+    def worker_stopped(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
+            self.exporter = None
+        if self._worker_collector is not None:
+            self.registry.unregister(self._worker_collector)
+            self._worker_collector = None
+        self.consumer_running = False
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        hostname = getattr(self.worker, "hostname", None)
+        return self.consumer_running, {"consumer_running": self.consumer_running,
+                                       "hostname": hostname}  # fmt: skip
+
+
+def _url_host(addr: str) -> str:
+    if addr in ("0.0.0.0", "::"):
+        return "localhost"
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def instrumentation_for(app: Celery) -> Instrumentation | None:
+    """The instrumentation of ``app``, or ``None`` if it was never instrumented."""
+    return _INSTRUMENTED.get(app)
+
+
+def instrument(
+    app: Celery,
+    *,
+    registry: CollectorRegistry | None = None,
+    **options: Any,
+) -> Instrumentation:
+    """Instrument ``app``: publish-side metrics now, worker metrics and exporter in workers.
+
+    Args:
+        app: the Celery app.  Call this before the worker starts (at import of
+            the module named by ``celery -A``).
+        registry: where to register the metrics; a new one by default, so that
+            two apps, or tests, never share state.
+        **options: any of :data:`csuite_async_obs.settings.OBS_OPTIONS`
+            (``metrics_port=9808``, ``runtime_buckets=[...]``,
+            ``const_labels={"team": "x"}`` ...).  The matching ``CSUITE_*``
+            variable and ``celery worker`` flag override a keyword.
+
+    Returns:
+        The :class:`Instrumentation`; calling again for the same app returns it.
+
+    Raises:
+        ConfigError: an option or variable has a bad value.
+    """
+    from .bootsteps import add_worker_steps
+
+    with _LOCK:
+        existing = _INSTRUMENTED.get(app)
+        if existing is not None:
+            return existing
+        instrumentation = Instrumentation(app, options, registry)
+        instrumentation.connect_signals()
+        add_worker_steps(app)
+        _INSTRUMENTED[app] = instrumentation
+        return instrumentation

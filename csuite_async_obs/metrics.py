@@ -1,0 +1,257 @@
+"""Metric names, labels and help texts, defined once, and the object that owns them.
+
+Counter names keep those of the most-used event-based Celery exporter
+(``celery_task_sent_total`` ...) so that existing dashboards keep working; the
+histograms follow Prometheus conventions (base units, ``_seconds``).  Task series
+carry ``name`` and ``queue_name`` and no host label: Prometheus's ``instance``
+already names the worker.
+
+:class:`TaskMetrics` builds every metric on the registry it is given, caches the
+labelled children per task so that the per-task cost is a dict lookup plus the
+update, and bounds label values with :class:`LabelGuard`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .settings import ObsSettings
+
+__all__ = [
+    "METRICS",
+    "OUTCOME_STATES",
+    "LabelGuard",
+    "MetricSpec",
+    "TaskMetrics",
+]
+
+OTHER = "other"
+
+# Values of the ``state`` label of celery_task_runtime_seconds: every way a task
+# that reached the pool can end.
+OUTCOME_STATES = ("succeeded", "failed", "retried", "rejected", "revoked", "ignored")
+TIME_LIMIT_KINDS = ("soft", "hard")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric: what the README's reference table and dashboards rely on."""
+
+    name: str  # as exposed (counters with their _total suffix)
+    type: str
+    labels: tuple[str, ...]
+    help: str
+    zero_initialised: str = ""
+
+
+TASK = ("name", "queue_name")
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("celery_task_sent_total", "counter", TASK,
+               "Tasks published by this process (publish side; see the README for pool children).",
+               "yes"),
+    MetricSpec("celery_task_received_total", "counter", TASK,
+               "Task messages received by the worker.", "yes"),
+    MetricSpec("celery_task_started_total", "counter", TASK,
+               "Tasks a pool process started executing.", "yes"),
+    MetricSpec("celery_task_succeeded_total", "counter", TASK,
+               "Tasks that returned without raising.", "yes"),
+    MetricSpec("celery_task_failed_total", "counter", TASK + ("exception",),
+               "Tasks that failed, by exception class (time limits and lost pool children included).",
+               "no: an exception class is not known before it happens; use "
+               "celery_task_runtime_seconds_count{state=\"failed\"}"),
+    MetricSpec("celery_task_retried_total", "counter", TASK,
+               "Tasks that raised Retry and were re-published.", "yes"),
+    MetricSpec("celery_task_revoked_total", "counter", TASK,
+               "Tasks revoked, expired or terminated before they could finish.", "yes"),
+    MetricSpec("celery_task_rejected_total", "counter", TASK,
+               "Tasks that raised Reject, and messages for tasks the worker does not know.", "yes"),
+    MetricSpec("celery_task_runtime_seconds", "histogram", TASK + ("state",),
+               "Time tasks ran in the pool, for every outcome (state).", "yes, every state"),
+    MetricSpec("celery_task_queue_wait_seconds", "histogram", TASK,
+               "Time from publish (or ETA, when later) until a pool process started the task.",
+               "yes"),
+    MetricSpec("celery_task_queue_wait_unmeasured_total", "counter", TASK,
+               "Tasks started without the publish timestamp header (published without this "
+               "package), so their queue wait could not be measured.", "yes"),
+    MetricSpec("celery_task_time_limit_exceeded_total", "counter", TASK + ("kind",),
+               "Tasks that hit their soft or hard time limit (kind).", "yes, both kinds"),
+    MetricSpec("celery_task_worker_lost_total", "counter", TASK,
+               "Tasks whose pool process died under them (WorkerLostError), e.g. SIGKILL or OOM.",
+               "yes"),
+    MetricSpec("celery_worker_up", "gauge", ("hostname",),
+               "1 while the worker runs; the series disappears with the process.", "yes"),
+    MetricSpec("celery_worker_consumer_up", "gauge", (),
+               "1 while the worker's consumer is connected and consuming, else 0.", "yes"),
+    MetricSpec("celery_worker_tasks_active", "gauge", (),
+               "Tasks executing in the pool right now.", "yes"),
+    MetricSpec("celery_worker_prefetched_tasks", "gauge", (),
+               "Tasks received and reserved by this worker, not started yet.", "yes"),
+    MetricSpec("celery_worker_pool_size", "gauge", (),
+               "Pool processes or threads; active / pool size is saturation.", "yes"),
+    MetricSpec("csuite_async_obs_instrumentation_errors_total", "counter", ("hook",),
+               "Errors caught inside the instrumentation (logged, never raised into a task).",
+               "yes"),
+    MetricSpec("csuite_async_obs_label_overflow_total", "counter", ("label",),
+               "Label values replaced by 'other' because the cardinality limit was reached.",
+               "yes"),
+)  # fmt: skip
+
+SPECS = {spec.name: spec for spec in METRICS}
+INSTRUMENTATION_HOOKS = (
+    "publish", "received", "started", "finished", "timeout", "revoked", "rejected", "collect",
+    "exporter",
+)  # fmt: skip
+
+
+def _base(name: str) -> str:
+    """prometheus_client adds ``_total`` to counters itself."""
+    return name[: -len("_total")] if name.endswith("_total") else name
+
+
+class LabelGuard:
+    """Admits at most ``limit`` distinct values of one label; the rest become ``other``."""
+
+    def __init__(self, label: str, limit: int, overflow: Counter) -> None:
+        self.label = label
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self._overflow = overflow
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        self._overflow.inc()
+        return OTHER
+
+
+class TaskMetrics:
+    """Every metric of the package, registered on ``registry``.
+
+    The object holds no per-task state beyond the cached label children, which
+    are bounded by the label guards.
+    """
+
+    def __init__(self, registry: CollectorRegistry, settings: ObsSettings | None = None) -> None:
+        self.settings = settings or ObsSettings()
+        self.registry = registry
+        const = self.settings.const_labels
+        self._const_names = tuple(k for k, _ in const)
+        self._const_values = tuple(v for _, v in const)
+
+        def labels(spec_labels: Sequence[str]) -> tuple[str, ...]:
+            return tuple(spec_labels) + self._const_names
+
+        def counter(name: str) -> Counter:
+            spec = SPECS[name]
+            return Counter(_base(name), spec.help, labels(spec.labels), registry=registry)
+
+        def histogram(name: str, buckets: Iterable[float]) -> Histogram:
+            spec = SPECS[name]
+            return Histogram(name, spec.help, labels(spec.labels), buckets=tuple(buckets),
+                             registry=registry)  # fmt: skip
+
+        self.sent = counter("celery_task_sent_total")
+        self.received = counter("celery_task_received_total")
+        self.started = counter("celery_task_started_total")
+        self.succeeded = counter("celery_task_succeeded_total")
+        self.failed = counter("celery_task_failed_total")
+        self.retried = counter("celery_task_retried_total")
+        self.revoked = counter("celery_task_revoked_total")
+        self.rejected = counter("celery_task_rejected_total")
+        self.runtime = histogram("celery_task_runtime_seconds", self.settings.runtime_buckets)
+        self.queue_wait = histogram(
+            "celery_task_queue_wait_seconds", self.settings.queue_wait_buckets
+        )
+        self.queue_wait_unmeasured = counter("celery_task_queue_wait_unmeasured_total")
+        self.time_limit = counter("celery_task_time_limit_exceeded_total")
+        self.worker_lost = counter("celery_task_worker_lost_total")
+        self.errors = counter("csuite_async_obs_instrumentation_errors_total")
+        self.overflow = counter("csuite_async_obs_label_overflow_total")
+        for hook in INSTRUMENTATION_HOOKS:
+            self.errors.labels(hook, *self._const_values)
+        self.guard_name = self._guard("name", self.settings.max_task_names)
+        self.guard_queue = self._guard("queue_name", self.settings.max_queue_names)
+        self.guard_exception = self._guard("exception", self.settings.max_exceptions)
+        self._children: dict[tuple[str, str], TaskSeries] = {}
+        self._children_lock = threading.Lock()
+
+    def unregister(self) -> None:
+        """Remove every metric of this object from its registry."""
+        for metric in (
+            self.sent, self.received, self.started, self.succeeded, self.failed, self.retried,
+            self.revoked, self.rejected, self.runtime, self.queue_wait, self.queue_wait_unmeasured,
+            self.time_limit, self.worker_lost, self.errors, self.overflow,
+        ):  # fmt: skip
+            self.registry.unregister(metric)
+
+    def _guard(self, label: str, limit: int) -> LabelGuard:
+        return LabelGuard(label, limit, self.overflow.labels(label, *self._const_values))
+
+    def error(self, hook: str) -> None:
+        """Count one error caught inside the instrumentation."""
+        self.errors.labels(hook, *self._const_values).inc()
+
+    def task(self, name: str, queue: str) -> TaskSeries:
+        """The labelled series of one (task name, queue), created at 0 on first use."""
+        key = (name, queue)
+        series = self._children.get(key)
+        if series is not None:
+            return series
+        with self._children_lock:
+            series = self._children.get(key)
+            if series is None:
+                series = TaskSeries(self, self.guard_name(name), self.guard_queue(queue))
+                # Keyed by the raw names so later look-ups stay one dict access.
+                self._children[key] = series
+        return series
+
+    def failed_child(self, series: TaskSeries, exception: str) -> Counter:
+        return self.failed.labels(series.name, series.queue, self.guard_exception(exception),
+                                  *self._const_values)  # fmt: skip
+
+
+class TaskSeries:
+    """The children of every task metric for one (name, queue), all created at 0."""
+
+    __slots__ = (
+        "name", "queue", "sent", "received", "started", "succeeded", "retried", "revoked",
+        "rejected", "runtime", "queue_wait", "queue_wait_unmeasured", "time_limit",
+        "worker_lost", "_metrics",
+    )  # fmt: skip
+
+    def __init__(self, metrics: TaskMetrics, name: str, queue: str) -> None:
+        const = metrics._const_values
+        self._metrics = metrics
+        self.name = name
+        self.queue = queue
+        self.sent = metrics.sent.labels(name, queue, *const)
+        self.received = metrics.received.labels(name, queue, *const)
+        self.started = metrics.started.labels(name, queue, *const)
+        self.succeeded = metrics.succeeded.labels(name, queue, *const)
+        self.retried = metrics.retried.labels(name, queue, *const)
+        self.revoked = metrics.revoked.labels(name, queue, *const)
+        self.rejected = metrics.rejected.labels(name, queue, *const)
+        self.runtime = {
+            state: metrics.runtime.labels(name, queue, state, *const) for state in OUTCOME_STATES
+        }
+        self.queue_wait = metrics.queue_wait.labels(name, queue, *const)
+        self.queue_wait_unmeasured = metrics.queue_wait_unmeasured.labels(name, queue, *const)
+        self.time_limit = {
+            kind: metrics.time_limit.labels(name, queue, kind, *const) for kind in TIME_LIMIT_KINDS
+        }
+        self.worker_lost = metrics.worker_lost.labels(name, queue, *const)
+
+    def failed(self, exception: str) -> Counter:
+        return self._metrics.failed_child(self, exception)

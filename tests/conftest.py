@@ -1,0 +1,91 @@
+"""Session fixtures: one real redis-server on a free loopback port, workers as subprocesses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from csuite_async_obs.redis_server import RedisServer
+
+from .support import Worker, base_env
+
+_SERVER: RedisServer | None = None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run long soaks (marker slow)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _SERVER
+    # The test process's own app (get_celery_app) reads these once; start Redis
+    # before any test module imports the tasks.
+    _SERVER = RedisServer().start()
+    os.environ["CELERY_BROKER_URL"] = f"{_SERVER.url}/0"
+    os.environ["CELERY_RESULT_BACKEND"] = f"{_SERVER.url}/1"
+    os.environ.setdefault("CSUITE_METRICS_PORT", "0")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SERVER is not None:
+        _SERVER.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    # Deselected, not skipped: the short version of each soak runs by default.
+    keep = [item for item in items if "slow" not in item.keywords]
+    dropped = [item for item in items if "slow" in item.keywords]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> RedisServer:
+    assert _SERVER is not None
+    return _SERVER
+
+
+@pytest.fixture()
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def worker_env(redis_server: RedisServer, redis_client: redis.Redis) -> dict[str, str]:
+    return base_env(f"{redis_server.url}/0", f"{redis_server.url}/1")
+
+
+@pytest.fixture()
+def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerFactory]:
+    factory = WorkerFactory(worker_env, tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+class WorkerFactory:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.started: list[Worker] = []
+
+    def __call__(self, **kwargs: object) -> Worker:
+        env = dict(self.env)
+        env.update(kwargs.pop("env", {}) or {})  # type: ignore[call-overload]
+        wait = bool(kwargs.pop("wait", True))
+        worker = Worker(env, self.log_dir, **kwargs)  # type: ignore[arg-type]
+        self.started.append(worker)
+        return worker.start(wait=wait)
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()

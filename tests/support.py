@@ -1,0 +1,173 @@
+"""Real processes for the integration tests: Celery workers, HTTP waits, process trees."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from csuite_async_obs.redis_server import free_port
+from csuite_async_obs.testing import Samples, scrape
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+             message: str = "condition") -> Any:  # fmt: skip
+    """Poll until ``predicate()`` is truthy; fail with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 -- retried until the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last error: {last_exc!r})")
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def children_of(pid: int) -> set[int]:
+    """Every descendant pid of ``pid`` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Field 4 is the ppid; the command (field 2) may hold spaces and parentheses.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents[int(entry)] = ppid
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        nxt = {child for child, parent in parents.items() if parent in frontier}
+        nxt -= found
+        found |= nxt
+        frontier = nxt
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except OSError:
+        return False
+
+
+def base_env(broker: str, backend: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CSUITE_"))}
+    env.update(
+        CELERY_BROKER_URL=broker,
+        CELERY_RESULT_BACKEND=backend,
+        CELERY_IMPORTS="tests.worker_tasks",
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Worker:
+    """A ``celery worker`` subprocess with its exporter on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *, pool: str = "solo",
+                 concurrency: int = 1, args: tuple[str, ...] = (), metrics_port: int | None = None,
+                 app: str = "csuite_async_obs.worker", name: str | None = None,
+                 cwd: Path | None = None) -> None:  # fmt: skip
+        self.env = env
+        self.pool = pool
+        self.port = metrics_port if metrics_port is not None else free_port()
+        self.hostname = name or f"w{self.port}@localhost"
+        self.log_path = log_dir / f"worker-{self.port}.log"
+        self.cwd = cwd or ROOT
+        self.cmd = [
+            PYTHON, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
+            "-n", self.hostname, "-l", "INFO", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "--metrics-port", str(self.port), "--metrics-addr", "127.0.0.1",
+            *args,
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> Worker:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in stop()
+        self.process = subprocess.Popen(
+            self.cmd, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            return http_status(self.url + "/healthz") == 200
+
+        try:
+            wait_for(ready, timeout, message=f"worker {self.hostname} /healthz")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- worker log ---\n{self.log()[-4000:]}") from None
+
+    def scrape(self) -> Samples:
+        return scrape(self.url + "/metrics")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        """Stop the worker (warm shutdown by default) and make sure its process group is gone."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if process.poll() is None:
+            process.wait(timeout=10)
+        self._log.close()
+        self.process = None
+        return process.returncode

@@ -1,0 +1,86 @@
+"""Tasks the test workers run (imported through CELERY_IMPORTS=tests.worker_tasks)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+
+from csuite_async_obs import async_task
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+
+
+@async_task(name="tests.ok")
+def ok(value: Any = None) -> Any:
+    return value
+
+
+@async_task(name="tests.boom")
+def boom(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+@async_task(name="tests.retry_once", bind=True, max_retries=3)
+def retry_once(self: Any, countdown: float = 0.05) -> int:
+    if self.request.retries == 0:
+        raise self.retry(countdown=countdown)
+    return self.request.retries
+
+
+@async_task(name="tests.soft_limit", soft_time_limit=0.3, time_limit=10)
+def soft_limit(seconds: float = 2.0) -> None:
+    time.sleep(seconds)
+
+
+@async_task(name="tests.hard_limit", time_limit=1, soft_time_limit=0.5)
+def hard_limit(seconds: float = 10.0) -> None:
+    """Ignores its soft time limit, so the hard one kills it."""
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        time.sleep(seconds)
+
+
+@async_task(name="tests.victim")
+def victim(key: str, seconds: float = 60.0) -> None:
+    """Publishes its pid under ``key`` and sleeps, waiting to be killed."""
+    _redis().set(key, os.getpid())
+    time.sleep(seconds)
+
+
+@async_task(name="tests.sleep")
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@async_task(name="tests.started_at")
+def started_at() -> float:
+    """Returns the wall-clock time it started (ground truth for queue wait)."""
+    return time.time()
+
+
+@async_task(name="tests.reject")
+def reject() -> None:
+    raise Reject("no thanks", requeue=False)
+
+
+@async_task(name="tests.ignore")
+def ignore() -> None:
+    raise Ignore()
+
+
+@async_task(name="tests.never_run")
+def never_run() -> None:
+    """Registered so that its zero series show; no test sends it."""
+
+
+@async_task(name="tests.incr")
+def incr(key: str) -> int:
+    return int(_redis().incr(key))
