@@ -332,6 +332,24 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
               lambda v, r: parse_choice(v, r, ("console", "json")),
               "Rendering of the package's structured logs: console or json. Default console.",
               "FORMAT"),
+    ObsOption("queue_depth", "CSUITE_QUEUE_DEPTH", "--metrics-queue-depth", parse_bool,
+              "Poll and report queue depth from this worker. Default true; in a fleet, turn it "
+              "off and run one `csuite-async-obs exporter`.", "BOOL"),
+    ObsOption("queues", "CSUITE_QUEUES", "--metrics-queues", lambda v, r: parse_list(r),
+              "Queues to report besides the app's task_queues and the ones this worker consumes; "
+              "comma-separated, shell globs match queues found on the broker.", "LIST"),
+    ObsOption("queue_exclude", "CSUITE_QUEUE_EXCLUDE", "--metrics-queue-exclude",
+              lambda v, r: parse_list(r),
+              "Queues (shell globs, comma-separated) never to report.", "LIST"),
+    ObsOption("queue_poll_interval", "CSUITE_QUEUE_POLL_INTERVAL", "--metrics-queue-poll-interval",
+              parse_seconds, "Seconds between two queue-depth polls. Default 5.", "SECONDS"),
+    ObsOption("queue_poll_timeout", "CSUITE_QUEUE_POLL_TIMEOUT", "--metrics-queue-poll-timeout",
+              parse_seconds, "Seconds one queue-depth poll may take before it counts as failed. "
+              "Default 3.", "SECONDS"),
+    ObsOption("web_config", "CSUITE_WEB_CONFIG", "--metrics-web-config",
+              lambda v, r: r.strip(),
+              "Path of a Prometheus exporter web-config file (TLS, basic auth). Default none.",
+              "PATH"),
 )  # fmt: skip
 
 OPTIONS_BY_ATTR = {option.attr: option for option in OBS_OPTIONS}
@@ -352,6 +370,12 @@ class ObsSettings:
     task_log: bool = False
     log_task_args: bool = False
     log_format: str = "console"
+    queue_depth: bool = True
+    queues: tuple[str, ...] = ()
+    queue_exclude: tuple[str, ...] = ()
+    queue_poll_interval: float = 5.0
+    queue_poll_timeout: float = 3.0
+    web_config: str = ""
 
     @classmethod
     def resolve(
@@ -394,6 +418,8 @@ def _coerce_keyword(key: str, value: Any) -> Any:
         text = ",".join(f"{k}={v}" for k, v in value.items())
     elif key.endswith("_buckets") and not isinstance(value, str):
         text = ",".join(repr(float(v)) for v in value)
+    elif key in ("queues", "queue_exclude") and not isinstance(value, str):
+        text = ",".join(str(v) for v in value)
     elif isinstance(value, bool):
         text = "true" if value else "false"
     else:
