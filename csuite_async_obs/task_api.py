@@ -26,6 +26,7 @@ from kombu.exceptions import OperationalError
 from kombu.utils.encoding import safe_str
 
 from .logs import get_logger
+from .result_backend import RedisResultBackend, wants_redis_backend
 from .settings import CelerySettings
 
 __all__ = [
@@ -77,6 +78,10 @@ def create_celery_app(settings: CelerySettings | None = None, **instrument_optio
     settings = settings or CelerySettings.from_env()
     app = Celery("csuite_async_obs")
     app.conf.update(settings.celery_config())
+    if wants_redis_backend(settings.result_backend):
+        # Celery.backend_cls (5.x) wins over the URL's scheme; the URL still
+        # comes from app.conf.result_backend.
+        app.backend_cls = RedisResultBackend
     broker_options = {**_SOCKET_TIMEOUTS}
     if not settings.broker_url.startswith(("redis", "rediss", "sentinel")):
         broker_options = {}
@@ -205,9 +210,16 @@ def _date(value: Any) -> str | None:
     return str(value)
 
 
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 -- a task's exception may not even print
+        return f"<unprintable {type(exc).__name__}>"
+
+
 def _result(status: str, value: Any) -> Any:
     if isinstance(value, BaseException):
-        return {"type": type(value).__name__, "message": safe_str(value)}
+        return {"type": type(value).__name__, "message": _message(value)}
     if status == states.FAILURE and isinstance(value, dict) and "exc_type" in value:
         return {"type": value.get("exc_type"), "message": safe_str(value.get("exc_message"))}
     return value
