@@ -40,19 +40,47 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 @main.command()
-@click.option("--pool", default="prefork", show_default=True,
-              type=click.Choice(["prefork", "solo", "threads"]), help="Worker pool.")
+@click.option(
+    "--pool",
+    default="prefork",
+    show_default=True,
+    type=click.Choice(["prefork", "solo", "threads"]),
+    help="Worker pool.",
+)
 @click.option("--concurrency", "-c", default=2, show_default=True, type=click.IntRange(1, 64))
-@click.option("--metrics-port", default=9808, show_default=True, type=click.IntRange(1, 65535),
-              help="Exporter port (a free one is chosen if it is taken).")
-@click.option("--rate", default=4.0, show_default=True, type=click.FloatRange(0.1, 1000),
-              help="Tasks sent per second.")
-@click.option("--prometheus", is_flag=True,
-              help="Also start a private Prometheus with the rules loaded, scraping the worker.")
-@click.option("--duration", type=click.FloatRange(min=1), default=None,
-              help="Stop by itself after this many seconds (default: run until Ctrl-C).")
-def demo(pool: str, concurrency: int, metrics_port: int, rate: float, prometheus: bool,
-         duration: float | None) -> None:  # fmt: skip
+@click.option(
+    "--metrics-port",
+    default=9808,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Exporter port (a free one is chosen if it is taken).",
+)
+@click.option(
+    "--rate",
+    default=4.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 1000),
+    help="Tasks sent per second.",
+)
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="Also start a private Prometheus with the rules loaded, scraping the worker.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Stop by itself after this many seconds (default: run until Ctrl-C).",
+)
+def demo(
+    pool: str,
+    concurrency: int,
+    metrics_port: int,
+    rate: float,
+    prometheus: bool,
+    duration: float | None,
+) -> None:
     """Run a worker with its exporter and send it a steady mix of sample tasks.
 
     With no CELERY_BROKER_URL set, a private Redis is started (the system
@@ -61,8 +89,14 @@ def demo(pool: str, concurrency: int, metrics_port: int, rate: float, prometheus
     from .demo import Demo, DemoOptions
 
     signal.signal(signal.SIGTERM, _interrupt)
-    options = DemoOptions(pool=pool, concurrency=concurrency, metrics_port=metrics_port,
-                          rate=rate, prometheus=prometheus, duration=duration)  # fmt: skip
+    options = DemoOptions(
+        pool=pool,
+        concurrency=concurrency,
+        metrics_port=metrics_port,
+        rate=rate,
+        prometheus=prometheus,
+        duration=duration,
+    )
     try:
         code = Demo(options, echo=lambda line: click.echo(line)).run()
     except RuntimeError as exc:

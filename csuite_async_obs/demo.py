@@ -9,6 +9,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -74,8 +75,11 @@ class Demo:
         self.redis = RedisServer().start()
         os.environ["CELERY_BROKER_URL"] = f"{self.redis.url}/0"
         os.environ.setdefault("CELERY_RESULT_BACKEND", f"{self.redis.url}/1")
-        self.echo(f"broker: private redis-server at {self.redis.url} (pid {self.redis.process.pid})"
-                  if self.redis.process else "broker: private redis-server")  # fmt: skip
+        self.echo(
+            f"broker: private redis-server at {self.redis.url} (pid {self.redis.process.pid})"
+            if self.redis.process
+            else "broker: private redis-server"
+        )
 
     def _start_worker(self) -> None:
         if not _port_free(self.metrics_port):
@@ -86,17 +90,33 @@ class Demo:
         env.update(self.options.extra_env)
         log_path = self.workdir / "worker.log"
         cmd = [
-            sys.executable, "-m", "celery", "-A", "csuite_async_obs.worker", "worker",
-            "-P", self.options.pool, "-c", str(self.options.concurrency), "-l", "INFO",
-            "-n", "demo@%h", "--metrics-port", str(self.metrics_port),
-            "--metrics-addr", "127.0.0.1",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "csuite_async_obs.worker",
+            "worker",
+            "-P",
+            self.options.pool,
+            "-c",
+            str(self.options.concurrency),
+            "-l",
+            "INFO",
+            "-n",
+            "demo@%h",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--metrics-addr",
+            "127.0.0.1",
+        ]
         with open(log_path, "ab") as log:
             self.worker = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self.echo(f"worker: pid {self.worker.pid}, pool {self.options.pool} "
-                  f"-c {self.options.concurrency}, log {log_path}")  # fmt: skip
+        self.echo(
+            f"worker: pid {self.worker.pid}, pool {self.options.pool} "
+            f"-c {self.options.concurrency}, log {log_path}"
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.worker.poll() is not None:
@@ -121,8 +141,10 @@ class Demo:
         self.prometheus = PrometheusServer(
             targets=[f"127.0.0.1:{self.metrics_port}"], rule_files=rule_files()
         ).start()
-        self.echo(f"prometheus: {self.prometheus.url} (rules loaded; alerts at "
-                  f"{self.prometheus.url}/alerts)")  # fmt: skip
+        self.echo(
+            f"prometheus: {self.prometheus.url} (rules loaded; alerts at "
+            f"{self.prometheus.url}/alerts)"
+        )
 
     # ------------------------------------------------------------------ run
 
@@ -151,12 +173,16 @@ class Demo:
             self.echo(f"health:  {self.metrics_url.rsplit('/', 1)[0]}/healthz")
             if self.options.prometheus:
                 self._start_prometheus()
-            self.echo("sending a mix of tasks (successes, failures, retries, slow reports); "
-                      "Ctrl-C stops everything")  # fmt: skip
+            self.echo(
+                "sending a mix of tasks (successes, failures, retries, slow reports); "
+                "Ctrl-C stops everything"
+            )
             started = time.monotonic()
             next_report = started + 5
             interval = 1.0 / self.options.rate if self.options.rate > 0 else 1.0
-            while self.options.duration is None or time.monotonic() - started < self.options.duration:
+            while (
+                self.options.duration is None or time.monotonic() - started < self.options.duration
+            ):
                 self._send_mix()
                 if time.monotonic() >= next_report:
                     self.echo(self._summary())
@@ -174,10 +200,13 @@ class Demo:
             from .testing import scrape
 
             s = scrape(self.metrics_url, timeout=2)
-            done = {k: int(s.sum(f"celery_task_{k}_total"))
-                    for k in ("succeeded", "failed", "retried")}  # fmt: skip
-            return (f"sent {self.sent}; worker: {done['succeeded']} succeeded, {done['failed']} "
-                    f"failed, {done['retried']} retried")  # fmt: skip
+            done = {
+                k: int(s.sum(f"celery_task_{k}_total")) for k in ("succeeded", "failed", "retried")
+            }
+            return (
+                f"sent {self.sent}; worker: {done['succeeded']} succeeded, {done['failed']} "
+                f"failed, {done['retried']} retried"
+            )
         except Exception as exc:  # noqa: BLE001 -- a summary line must not stop the demo
             return f"sent {self.sent}; /metrics not readable right now ({type(exc).__name__})"
 
@@ -204,15 +233,11 @@ class Demo:
 def _stop_group(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
     if process.poll() is None:
         process.send_signal(sig)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
     # The pool children share the worker's process group: make sure none survive.
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(process.pid, signal.SIGKILL)
-    except OSError:
-        pass
     if process.poll() is None:
         process.wait(timeout=10)
 

@@ -154,8 +154,9 @@ class TaskHooks:
     def on_unknown_task(self, message: Any = None, name: str | None = None, **_: Any) -> None:
         try:
             delivery = getattr(message, "delivery_info", None) or {}
-            self.metrics.task(name or "unknown", delivery.get("routing_key") or UNKNOWN_QUEUE
-                              ).rejected.inc()  # fmt: skip
+            self.metrics.task(
+                name or "unknown", delivery.get("routing_key") or UNKNOWN_QUEUE
+            ).rejected.inc()
         except Exception as exc:  # noqa: BLE001
             self.fail("rejected", exc)
 
@@ -165,8 +166,9 @@ class TaskHooks:
             if self.log_args:
                 fields["args"] = request.argsrepr
                 fields["kwargs"] = request.kwargsrepr
-            self.log.info(event, task_id=request.id, name=series.name,
-                          queue_name=series.queue, **fields)  # fmt: skip
+            self.log.info(
+                event, task_id=request.id, name=series.name, queue_name=series.queue, **fields
+            )
         except Exception as exc:  # noqa: BLE001
             self.fail("log", exc)
 
@@ -303,8 +305,9 @@ class InstrumentedRequestMixin(Request):
             self._csuite_classify(exc_info.exception)
         except Exception as exc:  # noqa: BLE001
             hooks.fail("finished", exc)
-        return super().on_failure(exc_info, send_failed_event=send_failed_event,
-                                  return_ok=return_ok)  # fmt: skip
+        return super().on_failure(
+            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+        )
 
     def _csuite_classify(self, exc: BaseException) -> None:
         if isinstance(exc, ExceptionWithTraceback):
@@ -395,4 +398,3 @@ def instrumented_request_class(base: type[Request], hooks: TaskHooks) -> type[Re
         )
         _REQUEST_CLASSES[key] = cls
     return cls
-

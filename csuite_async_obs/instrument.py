@@ -58,12 +58,15 @@ class Instrumentation:
     # ------------------------------------------------------------------ wiring
 
     def connect_signals(self) -> None:
-        signals.before_task_publish.connect(self.hooks.before_publish, weak=False,
-                                            dispatch_uid=self._uid + ":before")  # fmt: skip
-        signals.after_task_publish.connect(self.hooks.after_publish, weak=False,
-                                           dispatch_uid=self._uid + ":after")  # fmt: skip
-        signals.task_unknown.connect(self._on_unknown, weak=False,
-                                     dispatch_uid=self._uid + ":unknown")  # fmt: skip
+        signals.before_task_publish.connect(
+            self.hooks.before_publish, weak=False, dispatch_uid=self._uid + ":before"
+        )
+        signals.after_task_publish.connect(
+            self.hooks.after_publish, weak=False, dispatch_uid=self._uid + ":after"
+        )
+        signals.task_unknown.connect(
+            self._on_unknown, weak=False, dispatch_uid=self._uid + ":unknown"
+        )
 
     def disconnect_signals(self) -> None:
         signals.before_task_publish.disconnect(dispatch_uid=self._uid + ":before")
@@ -138,8 +141,10 @@ class Instrumentation:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         hostname = getattr(self.worker, "hostname", None)
-        return self.consumer_running, {"consumer_running": self.consumer_running,
-                                       "hostname": hostname}  # fmt: skip
+        return self.consumer_running, {
+            "consumer_running": self.consumer_running,
+            "hostname": hostname,
+        }
 
 
 def _url_host(addr: str) -> str:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from .settings import ObsSettings
 
@@ -51,74 +51,193 @@ class MetricSpec:
 TASK = ("name", "queue_name")
 
 METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("celery_task_sent_total", "counter", TASK,
-               "Tasks published by this process (publish side; see the README for pool children).",
-               "yes"),
-    MetricSpec("celery_task_received_total", "counter", TASK,
-               "Task messages received by the worker.", "yes"),
-    MetricSpec("celery_task_started_total", "counter", TASK,
-               "Tasks a pool process started executing.", "yes"),
-    MetricSpec("celery_task_succeeded_total", "counter", TASK,
-               "Tasks that returned without raising.", "yes"),
-    MetricSpec("celery_task_failed_total", "counter", TASK + ("exception",),
-               "Tasks that failed, by exception class (time limits and lost pool children included).",
-               "no: an exception class is not known before it happens; use "
-               "celery_task_runtime_seconds_count{state=\"failed\"}"),
-    MetricSpec("celery_task_retried_total", "counter", TASK,
-               "Tasks that raised Retry and were re-published.", "yes"),
-    MetricSpec("celery_task_revoked_total", "counter", TASK,
-               "Tasks revoked, expired or terminated before they could finish.", "yes"),
-    MetricSpec("celery_task_rejected_total", "counter", TASK,
-               "Tasks that raised Reject, and messages for tasks the worker does not know.", "yes"),
-    MetricSpec("celery_task_runtime_seconds", "histogram", TASK + ("state",),
-               "Time tasks ran in the pool, for every outcome (state).", "yes, every state"),
-    MetricSpec("celery_task_queue_wait_seconds", "histogram", TASK,
-               "Time from publish (or ETA, when later) until a pool process started the task.",
-               "yes"),
-    MetricSpec("celery_task_queue_wait_unmeasured_total", "counter", TASK,
-               "Tasks started without the publish timestamp header (published without this "
-               "package), so their queue wait could not be measured.", "yes"),
-    MetricSpec("celery_task_time_limit_exceeded_total", "counter", TASK + ("kind",),
-               "Tasks that hit their soft or hard time limit (kind).", "yes, both kinds"),
-    MetricSpec("celery_task_worker_lost_total", "counter", TASK,
-               "Tasks whose pool process died under them (WorkerLostError), e.g. SIGKILL or OOM.",
-               "yes"),
-    MetricSpec("celery_worker_up", "gauge", ("hostname",),
-               "1 while the worker runs; the series disappears with the process.", "yes"),
-    MetricSpec("celery_worker_consumer_up", "gauge", (),
-               "1 while the worker's consumer is connected and consuming, else 0.", "yes"),
-    MetricSpec("celery_worker_tasks_active", "gauge", (),
-               "Tasks executing in the pool right now.", "yes"),
-    MetricSpec("celery_worker_prefetched_tasks", "gauge", (),
-               "Tasks received and reserved by this worker, not started yet.", "yes"),
-    MetricSpec("celery_worker_pool_size", "gauge", (),
-               "Pool processes or threads; active / pool size is saturation.", "yes"),
-    MetricSpec("celery_queue_length", "gauge", ("queue_name",),
-               "Messages waiting in the queue (all priority sub-queues), at the last poll.",
-               "reported from the first successful poll"),
-    MetricSpec("celery_queue_oldest_message_age_seconds", "gauge", ("queue_name",),
-               "Age of the oldest waiting message (from its publish timestamp header); 0 when empty.",
-               "reported from the first successful poll"),
-    MetricSpec("celery_queue_unacked_messages", "gauge", (),
-               "Messages taken by workers and not yet acknowledged (prefetched, running, ETA).",
-               "reported from the first successful poll"),
-    MetricSpec("celery_queue_length_poll_errors_total", "counter", (),
-               "Queue-depth polls that failed or timed out (broker down or slow).", "yes"),
-    MetricSpec("celery_queue_length_last_success_timestamp_seconds", "gauge", (),
-               "Unix time of the last successful queue-depth poll.", "0 until the first success"),
-    MetricSpec("csuite_async_obs_instrumentation_errors_total", "counter", ("hook",),
-               "Errors caught inside the instrumentation (logged, never raised into a task).",
-               "yes"),
-    MetricSpec("csuite_async_obs_label_overflow_total", "counter", ("label",),
-               "Label values replaced by 'other' because the cardinality limit was reached.",
-               "yes"),
-)  # fmt: skip
+    MetricSpec(
+        "celery_task_sent_total",
+        "counter",
+        TASK,
+        "Tasks published by this process (publish side; see the README for pool children).",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_received_total",
+        "counter",
+        TASK,
+        "Task messages received by the worker.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_started_total",
+        "counter",
+        TASK,
+        "Tasks a pool process started executing.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_succeeded_total",
+        "counter",
+        TASK,
+        "Tasks that returned without raising.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_failed_total",
+        "counter",
+        (*TASK, "exception"),
+        "Tasks that failed, by exception class (time limits and lost pool children included).",
+        "no: an exception class is not known before it happens; use "
+        'celery_task_runtime_seconds_count{state="failed"}',
+    ),
+    MetricSpec(
+        "celery_task_retried_total",
+        "counter",
+        TASK,
+        "Tasks that raised Retry and were re-published.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_revoked_total",
+        "counter",
+        TASK,
+        "Tasks revoked, expired or terminated before they could finish.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_rejected_total",
+        "counter",
+        TASK,
+        "Tasks that raised Reject, and messages for tasks the worker does not know.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_runtime_seconds",
+        "histogram",
+        (*TASK, "state"),
+        "Time tasks ran in the pool, for every outcome (state).",
+        "yes, every state",
+    ),
+    MetricSpec(
+        "celery_task_queue_wait_seconds",
+        "histogram",
+        TASK,
+        "Time from publish (or ETA, when later) until a pool process started the task.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_queue_wait_unmeasured_total",
+        "counter",
+        TASK,
+        "Tasks started without the publish timestamp header (published without this "
+        "package), so their queue wait could not be measured.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_time_limit_exceeded_total",
+        "counter",
+        (*TASK, "kind"),
+        "Tasks that hit their soft or hard time limit (kind).",
+        "yes, both kinds",
+    ),
+    MetricSpec(
+        "celery_task_worker_lost_total",
+        "counter",
+        TASK,
+        "Tasks whose pool process died under them (WorkerLostError), e.g. SIGKILL or OOM.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_worker_up",
+        "gauge",
+        ("hostname",),
+        "1 while the worker runs; the series disappears with the process.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_worker_consumer_up",
+        "gauge",
+        (),
+        "1 while the worker's consumer is connected and consuming, else 0.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_worker_tasks_active", "gauge", (), "Tasks executing in the pool right now.", "yes"
+    ),
+    MetricSpec(
+        "celery_worker_prefetched_tasks",
+        "gauge",
+        (),
+        "Tasks received and reserved by this worker, not started yet.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_worker_pool_size",
+        "gauge",
+        (),
+        "Pool processes or threads; active / pool size is saturation.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_queue_length",
+        "gauge",
+        ("queue_name",),
+        "Messages waiting in the queue (all priority sub-queues), at the last poll.",
+        "reported from the first successful poll",
+    ),
+    MetricSpec(
+        "celery_queue_oldest_message_age_seconds",
+        "gauge",
+        ("queue_name",),
+        "Age of the oldest waiting message (from its publish timestamp header); 0 when empty.",
+        "reported from the first successful poll",
+    ),
+    MetricSpec(
+        "celery_queue_unacked_messages",
+        "gauge",
+        (),
+        "Messages taken by workers and not yet acknowledged (prefetched, running, ETA).",
+        "reported from the first successful poll",
+    ),
+    MetricSpec(
+        "celery_queue_length_poll_errors_total",
+        "counter",
+        (),
+        "Queue-depth polls that failed or timed out (broker down or slow).",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_queue_length_last_success_timestamp_seconds",
+        "gauge",
+        (),
+        "Unix time of the last successful queue-depth poll.",
+        "0 until the first success",
+    ),
+    MetricSpec(
+        "csuite_async_obs_instrumentation_errors_total",
+        "counter",
+        ("hook",),
+        "Errors caught inside the instrumentation (logged, never raised into a task).",
+        "yes",
+    ),
+    MetricSpec(
+        "csuite_async_obs_label_overflow_total",
+        "counter",
+        ("label",),
+        "Label values replaced by 'other' because the cardinality limit was reached.",
+        "yes",
+    ),
+)
 
 SPECS = {spec.name: spec for spec in METRICS}
 INSTRUMENTATION_HOOKS = (
-    "publish", "received", "started", "finished", "timeout", "revoked", "rejected", "collect",
+    "publish",
+    "received",
+    "started",
+    "finished",
+    "timeout",
+    "revoked",
+    "rejected",
+    "collect",
     "exporter",
-)  # fmt: skip
+)
 
 
 def _base(name: str) -> str:
@@ -172,8 +291,9 @@ class TaskMetrics:
 
         def histogram(name: str, buckets: Iterable[float]) -> Histogram:
             spec = SPECS[name]
-            return Histogram(name, spec.help, labels(spec.labels), buckets=tuple(buckets),
-                             registry=registry)  # fmt: skip
+            return Histogram(
+                name, spec.help, labels(spec.labels), buckets=tuple(buckets), registry=registry
+            )
 
         self.sent = counter("celery_task_sent_total")
         self.received = counter("celery_task_received_total")
@@ -203,10 +323,22 @@ class TaskMetrics:
     def unregister(self) -> None:
         """Remove every metric of this object from its registry."""
         for metric in (
-            self.sent, self.received, self.started, self.succeeded, self.failed, self.retried,
-            self.revoked, self.rejected, self.runtime, self.queue_wait, self.queue_wait_unmeasured,
-            self.time_limit, self.worker_lost, self.errors, self.overflow,
-        ):  # fmt: skip
+            self.sent,
+            self.received,
+            self.started,
+            self.succeeded,
+            self.failed,
+            self.retried,
+            self.revoked,
+            self.rejected,
+            self.runtime,
+            self.queue_wait,
+            self.queue_wait_unmeasured,
+            self.time_limit,
+            self.worker_lost,
+            self.errors,
+            self.overflow,
+        ):
             self.registry.unregister(metric)
 
     def _guard(self, label: str, limit: int) -> LabelGuard:
@@ -231,18 +363,31 @@ class TaskMetrics:
         return series
 
     def failed_child(self, series: TaskSeries, exception: str) -> Counter:
-        return self.failed.labels(series.name, series.queue, self.guard_exception(exception),
-                                  *self._const_values)  # fmt: skip
+        return self.failed.labels(
+            series.name, series.queue, self.guard_exception(exception), *self._const_values
+        )
 
 
 class TaskSeries:
     """The children of every task metric for one (name, queue), all created at 0."""
 
     __slots__ = (
-        "name", "queue", "sent", "received", "started", "succeeded", "retried", "revoked",
-        "rejected", "runtime", "queue_wait", "queue_wait_unmeasured", "time_limit",
-        "worker_lost", "_metrics",
-    )  # fmt: skip
+        "_metrics",
+        "name",
+        "queue",
+        "queue_wait",
+        "queue_wait_unmeasured",
+        "received",
+        "rejected",
+        "retried",
+        "revoked",
+        "runtime",
+        "sent",
+        "started",
+        "succeeded",
+        "time_limit",
+        "worker_lost",
+    )
 
     def __init__(self, metrics: TaskMetrics, name: str, queue: str) -> None:
         const = metrics._const_values

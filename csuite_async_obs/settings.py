@@ -16,6 +16,7 @@ variable, the value given and what is accepted.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
 import os
 import re
@@ -91,7 +92,7 @@ def parse_buckets(variable: str, raw: str) -> tuple[float, ...]:
         raise ConfigError(variable, raw, accepted) from None
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise ConfigError(variable, raw, accepted)
-    if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(values)):
         raise ConfigError(variable, raw, accepted)
     return values
 
@@ -160,7 +161,9 @@ def _broker_schemes() -> tuple[str, ...]:
 def _backend_schemes() -> tuple[str, ...]:
     from celery.app.backends import BACKEND_ALIASES
 
-    return tuple(sorted(set(BACKEND_ALIASES) | {"rediss", "sentinel", "db+sqlite", "db+postgresql"}))
+    return tuple(
+        sorted(set(BACKEND_ALIASES) | {"rediss", "sentinel", "db+sqlite", "db+postgresql"})
+    )
 
 
 def _url_scheme(variable: str, raw: str, schemes: tuple[str, ...]) -> str:
@@ -192,7 +195,9 @@ def _timezone(variable: str, raw: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(variable, raw, "an IANA time zone name such as UTC or Europe/Berlin") from None
+        raise ConfigError(
+            variable, raw, "an IANA time zone name such as UTC or Europe/Berlin"
+        ) from None
     return value
 
 
@@ -274,11 +279,41 @@ def _fmt_number(value: float) -> str:
 # --------------------------------------------------------------------------- instrumentation
 
 DEFAULT_RUNTIME_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
-)  # fmt: skip
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    900.0,
+)
 DEFAULT_QUEUE_WAIT_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-)  # fmt: skip
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
 
 
 @dataclass(frozen=True)
@@ -305,52 +340,145 @@ def _positive(v: str, r: str) -> int:
 
 
 OBS_OPTIONS: tuple[ObsOption, ...] = (
-    ObsOption("metrics_port", "CSUITE_METRICS_PORT", "--metrics-port", _port,
-              "Port of the worker's /metrics exporter; 0 turns the exporter off. Default 9808.", "PORT"),
-    ObsOption("metrics_addr", "CSUITE_METRICS_ADDR", "--metrics-addr", parse_address,
-              "Address the exporter binds to. Default 0.0.0.0 (all interfaces).", "ADDR"),
-    ObsOption("runtime_buckets", "CSUITE_RUNTIME_BUCKETS", "--metrics-runtime-buckets", parse_buckets,
-              "Buckets (seconds, comma-separated) of celery_task_runtime_seconds.", "LIST"),
-    ObsOption("queue_wait_buckets", "CSUITE_QUEUE_WAIT_BUCKETS", "--metrics-queue-wait-buckets",
-              parse_buckets, "Buckets (seconds, comma-separated) of celery_task_queue_wait_seconds.",
-              "LIST"),
-    ObsOption("const_labels", "CSUITE_CONST_LABELS", "--metrics-const-labels", parse_labels,
-              "Labels added to every series, as key=value,key2=value2.", "PAIRS"),
-    ObsOption("max_task_names", "CSUITE_MAX_TASK_NAMES", "--metrics-max-task-names", _positive,
-              "Distinct task names per metric before the rest are reported as 'other'. Default 500.",
-              "N"),
-    ObsOption("max_queue_names", "CSUITE_MAX_QUEUE_NAMES", "--metrics-max-queue-names", _positive,
-              "Distinct queue names per metric before the rest are reported as 'other'. Default 100.",
-              "N"),
-    ObsOption("max_exceptions", "CSUITE_MAX_EXCEPTIONS", "--metrics-max-exceptions", _positive,
-              "Distinct exception classes before the rest are reported as 'other'. Default 50.", "N"),
-    ObsOption("task_log", "CSUITE_TASK_LOG", "--metrics-task-log", parse_bool,
-              "Log one structured event per task lifecycle step. Default false.", "BOOL"),
-    ObsOption("log_task_args", "CSUITE_LOG_TASK_ARGS", "--metrics-log-task-args", parse_bool,
-              "Include task arguments in the lifecycle events. Default false.", "BOOL"),
-    ObsOption("log_format", "CSUITE_LOG_FORMAT", "--metrics-log-format",
-              lambda v, r: parse_choice(v, r, ("console", "json")),
-              "Rendering of the package's structured logs: console or json. Default console.",
-              "FORMAT"),
-    ObsOption("queue_depth", "CSUITE_QUEUE_DEPTH", "--metrics-queue-depth", parse_bool,
-              "Poll and report queue depth from this worker. Default true; in a fleet, turn it "
-              "off and run one `csuite-async-obs exporter`.", "BOOL"),
-    ObsOption("queues", "CSUITE_QUEUES", "--metrics-queues", lambda v, r: parse_list(r),
-              "Queues to report besides the app's task_queues and the ones this worker consumes; "
-              "comma-separated, shell globs match queues found on the broker.", "LIST"),
-    ObsOption("queue_exclude", "CSUITE_QUEUE_EXCLUDE", "--metrics-queue-exclude",
-              lambda v, r: parse_list(r),
-              "Queues (shell globs, comma-separated) never to report.", "LIST"),
-    ObsOption("queue_poll_interval", "CSUITE_QUEUE_POLL_INTERVAL", "--metrics-queue-poll-interval",
-              parse_seconds, "Seconds between two queue-depth polls. Default 5.", "SECONDS"),
-    ObsOption("queue_poll_timeout", "CSUITE_QUEUE_POLL_TIMEOUT", "--metrics-queue-poll-timeout",
-              parse_seconds, "Seconds one queue-depth poll may take before it counts as failed. "
-              "Default 3.", "SECONDS"),
-    ObsOption("web_config", "CSUITE_WEB_CONFIG", "--metrics-web-config",
-              lambda v, r: r.strip(),
-              "Path of a Prometheus exporter web-config file (TLS, basic auth). Default none.",
-              "PATH"),
-)  # fmt: skip
+    ObsOption(
+        "metrics_port",
+        "CSUITE_METRICS_PORT",
+        "--metrics-port",
+        _port,
+        "Port of the worker's /metrics exporter; 0 turns the exporter off. Default 9808.",
+        "PORT",
+    ),
+    ObsOption(
+        "metrics_addr",
+        "CSUITE_METRICS_ADDR",
+        "--metrics-addr",
+        parse_address,
+        "Address the exporter binds to. Default 0.0.0.0 (all interfaces).",
+        "ADDR",
+    ),
+    ObsOption(
+        "runtime_buckets",
+        "CSUITE_RUNTIME_BUCKETS",
+        "--metrics-runtime-buckets",
+        parse_buckets,
+        "Buckets (seconds, comma-separated) of celery_task_runtime_seconds.",
+        "LIST",
+    ),
+    ObsOption(
+        "queue_wait_buckets",
+        "CSUITE_QUEUE_WAIT_BUCKETS",
+        "--metrics-queue-wait-buckets",
+        parse_buckets,
+        "Buckets (seconds, comma-separated) of celery_task_queue_wait_seconds.",
+        "LIST",
+    ),
+    ObsOption(
+        "const_labels",
+        "CSUITE_CONST_LABELS",
+        "--metrics-const-labels",
+        parse_labels,
+        "Labels added to every series, as key=value,key2=value2.",
+        "PAIRS",
+    ),
+    ObsOption(
+        "max_task_names",
+        "CSUITE_MAX_TASK_NAMES",
+        "--metrics-max-task-names",
+        _positive,
+        "Distinct task names per metric before the rest are reported as 'other'. Default 500.",
+        "N",
+    ),
+    ObsOption(
+        "max_queue_names",
+        "CSUITE_MAX_QUEUE_NAMES",
+        "--metrics-max-queue-names",
+        _positive,
+        "Distinct queue names per metric before the rest are reported as 'other'. Default 100.",
+        "N",
+    ),
+    ObsOption(
+        "max_exceptions",
+        "CSUITE_MAX_EXCEPTIONS",
+        "--metrics-max-exceptions",
+        _positive,
+        "Distinct exception classes before the rest are reported as 'other'. Default 50.",
+        "N",
+    ),
+    ObsOption(
+        "task_log",
+        "CSUITE_TASK_LOG",
+        "--metrics-task-log",
+        parse_bool,
+        "Log one structured event per task lifecycle step. Default false.",
+        "BOOL",
+    ),
+    ObsOption(
+        "log_task_args",
+        "CSUITE_LOG_TASK_ARGS",
+        "--metrics-log-task-args",
+        parse_bool,
+        "Include task arguments in the lifecycle events. Default false.",
+        "BOOL",
+    ),
+    ObsOption(
+        "log_format",
+        "CSUITE_LOG_FORMAT",
+        "--metrics-log-format",
+        lambda v, r: parse_choice(v, r, ("console", "json")),
+        "Rendering of the package's structured logs: console or json. Default console.",
+        "FORMAT",
+    ),
+    ObsOption(
+        "queue_depth",
+        "CSUITE_QUEUE_DEPTH",
+        "--metrics-queue-depth",
+        parse_bool,
+        "Poll and report queue depth from this worker. Default true; in a fleet, turn it "
+        "off and run one `csuite-async-obs exporter`.",
+        "BOOL",
+    ),
+    ObsOption(
+        "queues",
+        "CSUITE_QUEUES",
+        "--metrics-queues",
+        lambda v, r: parse_list(r),
+        "Queues to report besides the app's task_queues and the ones this worker consumes; "
+        "comma-separated, shell globs match queues found on the broker.",
+        "LIST",
+    ),
+    ObsOption(
+        "queue_exclude",
+        "CSUITE_QUEUE_EXCLUDE",
+        "--metrics-queue-exclude",
+        lambda v, r: parse_list(r),
+        "Queues (shell globs, comma-separated) never to report.",
+        "LIST",
+    ),
+    ObsOption(
+        "queue_poll_interval",
+        "CSUITE_QUEUE_POLL_INTERVAL",
+        "--metrics-queue-poll-interval",
+        parse_seconds,
+        "Seconds between two queue-depth polls. Default 5.",
+        "SECONDS",
+    ),
+    ObsOption(
+        "queue_poll_timeout",
+        "CSUITE_QUEUE_POLL_TIMEOUT",
+        "--metrics-queue-poll-timeout",
+        parse_seconds,
+        "Seconds one queue-depth poll may take before it counts as failed. Default 3.",
+        "SECONDS",
+    ),
+    ObsOption(
+        "web_config",
+        "CSUITE_WEB_CONFIG",
+        "--metrics-web-config",
+        lambda v, r: r.strip(),
+        "Path of a Prometheus exporter web-config file (TLS, basic auth). Default none.",
+        "PATH",
+    ),
+)
 
 OPTIONS_BY_ATTR = {option.attr: option for option in OBS_OPTIONS}
 

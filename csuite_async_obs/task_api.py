@@ -198,8 +198,9 @@ def _mark_pending(task: Task, task_id: str) -> None:
             ex=int(expires) if expires else None,
         )
     except Exception as exc:  # noqa: BLE001 -- the task is queued; only the marker is lost
-        get_logger().warning("task_pending_marker_failed", task_id=task_id,
-                             error=type(exc).__name__)  # fmt: skip
+        get_logger().warning(
+            "task_pending_marker_failed", task_id=task_id, error=type(exc).__name__
+        )
 
 
 def _date(value: Any) -> str | None:
@@ -266,4 +267,3 @@ def wait_for_task(task_id: str, timeout: float = 60.0) -> TaskStatus | None:
             return None if status is None else {**status, "timed_out": True}
         time.sleep(min(delay, remaining))
         delay = min(delay * 1.5, 0.25)
-

@@ -1,8 +1,8 @@
 """Helpers for tests of instrumented apps: read exact values from a registry or a scrape.
 
-    from csuite_async_obs.testing import scrape, sample_value
-    samples = scrape("http://127.0.0.1:9808/metrics")
-    assert samples.value("celery_task_succeeded_total", name="app.add", queue_name="celery") == 3
+from csuite_async_obs.testing import scrape, sample_value
+samples = scrape("http://127.0.0.1:9808/metrics")
+assert samples.value("celery_task_succeeded_total", name="app.add", queue_name="celery") == 3
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ class Samples:
 
     def find(self, metric: str, /, **labels: str) -> list[Sample]:
         return [
-            s for s in self.samples
+            s
+            for s in self.samples
             if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())
-        ]  # fmt: skip
+        ]
 
     def value(self, metric: str, /, **labels: str) -> float | None:
         """The value of the one sample with exactly these labels (``None`` if absent)."""

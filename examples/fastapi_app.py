@@ -41,5 +41,7 @@ def process(request: ProcessRequest) -> dict[str, Any]:
 def task_status(task_id: str) -> dict[str, Any]:
     status = get_task_result(task_id)
     if status is None:
-        raise HTTPException(status_code=404, detail={"error": "unknown task id", "task_id": task_id})
+        raise HTTPException(
+            status_code=404, detail={"error": "unknown task id", "task_id": task_id}
+        )
     return status

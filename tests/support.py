@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,8 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-             message: str = "condition") -> Any:  # fmt: skip
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     """Poll until ``predicate()`` is truthy; fail with ``message`` at the deadline."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -33,7 +38,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         except Exception as exc:  # noqa: BLE001 -- retried until the deadline
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last error: {last_exc!r})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {message} (last error: {last_exc!r})"
+    )
 
 
 def http_status(url: str, timeout: float = 2.0) -> int:
@@ -93,10 +100,19 @@ def base_env(broker: str, backend: str, **extra: str) -> dict[str, str]:
 class Worker:
     """A ``celery worker`` subprocess with its exporter on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, *, pool: str = "solo",
-                 concurrency: int = 1, args: tuple[str, ...] = (), metrics_port: int | None = None,
-                 app: str = "csuite_async_obs.worker", name: str | None = None,
-                 cwd: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        pool: str = "solo",
+        concurrency: int = 1,
+        args: tuple[str, ...] = (),
+        metrics_port: int | None = None,
+        app: str = "csuite_async_obs.worker",
+        name: str | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.env = env
         self.pool = pool
         self.port = metrics_port if metrics_port is not None else free_port()
@@ -104,11 +120,29 @@ class Worker:
         self.log_path = log_dir / f"worker-{self.port}.log"
         self.cwd = cwd or ROOT
         self.cmd = [
-            PYTHON, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
-            "-n", self.hostname, "-l", "INFO", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "--metrics-port", str(self.port), "--metrics-addr", "127.0.0.1",
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            self.hostname,
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--metrics-port",
+            str(self.port),
+            "--metrics-addr",
+            "127.0.0.1",
             *args,
-        ]  # fmt: skip
+        ]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -118,9 +152,13 @@ class Worker:
     def start(self, wait: bool = True, timeout: float = 60.0) -> Worker:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in stop()
         self.process = subprocess.Popen(
-            self.cmd, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            self.cmd,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         if wait:
             self.wait_ready(timeout)
         return self
@@ -158,14 +196,10 @@ class Worker:
             return None
         if process.poll() is None:
             process.send_signal(sig)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(process.pid, signal.SIGKILL)
-        except OSError:
-            pass
         if process.poll() is None:
             process.wait(timeout=10)
         self._log.close()

@@ -77,8 +77,9 @@ def test_counters_equal_ground_truth(pool: str, workers: Any, redis_client: redi
         s = worker.scrape()
         revoked_now = s.value("celery_task_revoked_total", name="tests.ok", queue_name=Q)
         active = s.value("celery_worker_tasks_active")
-        ignored = s.value("celery_task_runtime_seconds_count", name="tests.ignore", queue_name=Q,
-                          state="ignored")  # fmt: skip
+        ignored = s.value(
+            "celery_task_runtime_seconds_count", name="tests.ignore", queue_name=Q, state="ignored"
+        )
         return s if revoked_now == n_revoked and active == 0 and ignored == 1 else None
 
     s = wait_for(settled, 30, message="revoked tasks counted and pool idle")
@@ -108,15 +109,19 @@ def test_counters_equal_ground_truth(pool: str, workers: Any, redis_client: redi
     assert v("celery_task_started_total", "tests.sleep") == slots
 
     if prefork:
-        assert v("celery_task_failed_total", "tests.soft_limit",
-                 exception="SoftTimeLimitExceeded") == n_soft  # fmt: skip
+        assert (
+            v("celery_task_failed_total", "tests.soft_limit", exception="SoftTimeLimitExceeded")
+            == n_soft
+        )
         assert v("celery_task_time_limit_exceeded_total", "tests.soft_limit", kind="soft") == n_soft
         assert v("celery_task_time_limit_exceeded_total", "tests.soft_limit", kind="hard") == 0
         # Celery 5.7 reports a hard limit twice; it must count once.
         assert v("celery_task_time_limit_exceeded_total", "tests.hard_limit", kind="hard") == n_hard
         assert v("celery_task_time_limit_exceeded_total", "tests.hard_limit", kind="soft") == n_hard
-        assert v("celery_task_failed_total", "tests.hard_limit",
-                 exception="TimeLimitExceeded") == n_hard  # fmt: skip
+        assert (
+            v("celery_task_failed_total", "tests.hard_limit", exception="TimeLimitExceeded")
+            == n_hard
+        )
         assert v("celery_task_runtime_seconds_count", "tests.hard_limit", state="failed") == n_hard
         assert v("celery_task_worker_lost_total", "tests.victim") == n_lost
         assert v("celery_task_failed_total", "tests.victim", exception="WorkerLostError") == n_lost
@@ -141,17 +146,39 @@ def test_zero_series_before_first_task(workers: Any) -> None:
     registered = sorted(n for n in get_celery_app().tasks if not n.startswith("celery."))
     assert "tests.never_run" in registered
     for name in registered:
-        for metric in ("received", "started", "succeeded", "retried", "revoked", "rejected",
-                       "queue_wait_unmeasured", "worker_lost", "sent"):  # fmt: skip
+        for metric in (
+            "received",
+            "started",
+            "succeeded",
+            "retried",
+            "revoked",
+            "rejected",
+            "queue_wait_unmeasured",
+            "worker_lost",
+            "sent",
+        ):
             assert _val(s, f"celery_task_{metric}_total", name=name, queue_name=Q) == 0
         for state in OUTCOME_STATES:
-            assert _val(s, "celery_task_runtime_seconds_count", name=name, queue_name=Q,
-                        state=state) == 0  # fmt: skip
-            assert _val(s, "celery_task_runtime_seconds_bucket", name=name, queue_name=Q,
-                        state=state, le="+Inf") == 0  # fmt: skip
+            assert (
+                _val(s, "celery_task_runtime_seconds_count", name=name, queue_name=Q, state=state)
+                == 0
+            )
+            assert (
+                _val(
+                    s,
+                    "celery_task_runtime_seconds_bucket",
+                    name=name,
+                    queue_name=Q,
+                    state=state,
+                    le="+Inf",
+                )
+                == 0
+            )
         for kind in ("soft", "hard"):
-            assert _val(s, "celery_task_time_limit_exceeded_total", name=name, queue_name=Q,
-                        kind=kind) == 0  # fmt: skip
+            assert (
+                _val(s, "celery_task_time_limit_exceeded_total", name=name, queue_name=Q, kind=kind)
+                == 0
+            )
         assert _val(s, "celery_task_queue_wait_seconds_count", name=name, queue_name=Q) == 0
     assert _val(s, "celery_worker_up", hostname=worker.hostname) == 1
     assert _val(s, "celery_worker_consumer_up") == 1

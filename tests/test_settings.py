@@ -24,15 +24,17 @@ def test_defaults_match_the_documented_table() -> None:
 
 
 def test_values_are_parsed() -> None:
-    s = CelerySettings.from_env({
-        "CELERY_BROKER_URL": "redis://10.0.0.1:6380/2",
-        "CELERY_ACCEPT_CONTENT": "json, application/x-python-serialize",
-        "CELERY_ENABLE_UTC": "no",
-        "CELERY_TIMEZONE": "Europe/Berlin",
-        "CELERY_TASK_TIME_LIMIT": "60",
-        "CELERY_TASK_SOFT_TIME_LIMIT": "45.5",
-        "CELERY_IMPORTS": "app.tasks, app.reports",
-    })  # fmt: skip
+    s = CelerySettings.from_env(
+        {
+            "CELERY_BROKER_URL": "redis://10.0.0.1:6380/2",
+            "CELERY_ACCEPT_CONTENT": "json, application/x-python-serialize",
+            "CELERY_ENABLE_UTC": "no",
+            "CELERY_TIMEZONE": "Europe/Berlin",
+            "CELERY_TASK_TIME_LIMIT": "60",
+            "CELERY_TASK_SOFT_TIME_LIMIT": "45.5",
+            "CELERY_IMPORTS": "app.tasks, app.reports",
+        }
+    )
     assert s.broker_url == "redis://10.0.0.1:6380/2"
     assert s.accept_content == ("json", "application/x-python-serialize")
     assert s.enable_utc is False and s.timezone == "Europe/Berlin"
@@ -41,19 +43,43 @@ def test_values_are_parsed() -> None:
 
 
 BAD = [
-    ({"CELERY_TASK_TIME_LIMIT": "abc"}, "CELERY_TASK_TIME_LIMIT='abc' is not valid: expected a number of seconds greater than 0"),
-    ({"CELERY_TASK_TIME_LIMIT": "100", "CELERY_TASK_SOFT_TIME_LIMIT": "100"}, "CELERY_TASK_SOFT_TIME_LIMIT='100' is not valid: expected a number of seconds below CELERY_TASK_TIME_LIMIT (100)"),
-    ({"CELERY_TASK_SOFT_TIME_LIMIT": "500"}, "CELERY_TASK_SOFT_TIME_LIMIT='500' is not valid: expected a number of seconds below CELERY_TASK_TIME_LIMIT (300)"),
-    ({"CELERY_ENABLE_UTC": "maybe"}, "CELERY_ENABLE_UTC='maybe' is not valid: expected one of true/false, 1/0, yes/no, on/off"),
+    (
+        {"CELERY_TASK_TIME_LIMIT": "abc"},
+        "CELERY_TASK_TIME_LIMIT='abc' is not valid: expected a number of seconds greater than 0",
+    ),
+    (
+        {"CELERY_TASK_TIME_LIMIT": "100", "CELERY_TASK_SOFT_TIME_LIMIT": "100"},
+        "CELERY_TASK_SOFT_TIME_LIMIT='100' is not valid: expected a number of seconds below CELERY_TASK_TIME_LIMIT (100)",
+    ),
+    (
+        {"CELERY_TASK_SOFT_TIME_LIMIT": "500"},
+        "CELERY_TASK_SOFT_TIME_LIMIT='500' is not valid: expected a number of seconds below CELERY_TASK_TIME_LIMIT (300)",
+    ),
+    (
+        {"CELERY_ENABLE_UTC": "maybe"},
+        "CELERY_ENABLE_UTC='maybe' is not valid: expected one of true/false, 1/0, yes/no, on/off",
+    ),
     ({"CELERY_TASK_TRACK_STARTED": "2"}, "CELERY_TASK_TRACK_STARTED='2' is not valid"),
-    ({"CELERY_TASK_SERIALIZER": "xml"}, "CELERY_TASK_SERIALIZER='xml' is not valid: expected one of json, pickle, yaml, msgpack"),
+    (
+        {"CELERY_TASK_SERIALIZER": "xml"},
+        "CELERY_TASK_SERIALIZER='xml' is not valid: expected one of json, pickle, yaml, msgpack",
+    ),
     ({"CELERY_RESULT_SERIALIZER": "bson"}, "CELERY_RESULT_SERIALIZER='bson' is not valid"),
-    ({"CELERY_ACCEPT_CONTENT": "json,xml"}, "CELERY_ACCEPT_CONTENT='json,xml' is not valid: expected a comma-separated list of json"),
-    ({"CELERY_BROKER_URL": "foo://localhost"}, "CELERY_BROKER_URL='foo://localhost' is not valid: expected a URL whose scheme is one of"),
+    (
+        {"CELERY_ACCEPT_CONTENT": "json,xml"},
+        "CELERY_ACCEPT_CONTENT='json,xml' is not valid: expected a comma-separated list of json",
+    ),
+    (
+        {"CELERY_BROKER_URL": "foo://localhost"},
+        "CELERY_BROKER_URL='foo://localhost' is not valid: expected a URL whose scheme is one of",
+    ),
     ({"CELERY_BROKER_URL": "localhost:6379"}, "CELERY_BROKER_URL='localhost:6379' is not valid"),
     ({"CELERY_RESULT_BACKEND": "nosuch://x"}, "CELERY_RESULT_BACKEND='nosuch://x' is not valid"),
-    ({"CELERY_TIMEZONE": "Mars/Olympus"}, "CELERY_TIMEZONE='Mars/Olympus' is not valid: expected an IANA time zone name"),
-]  # fmt: skip
+    (
+        {"CELERY_TIMEZONE": "Mars/Olympus"},
+        "CELERY_TIMEZONE='Mars/Olympus' is not valid: expected an IANA time zone name",
+    ),
+]
 
 
 @pytest.mark.parametrize(("env", "message"), BAD, ids=[next(iter(e)) for e, _ in BAD])
@@ -86,14 +112,26 @@ def test_obs_options_three_ways_with_precedence() -> None:
 
 
 OBS_BAD = [
-    ({"CSUITE_METRICS_PORT": "70000"}, "CSUITE_METRICS_PORT='70000' is not valid: expected an integer >= 0 and <= 65535"),
-    ({"CSUITE_RUNTIME_BUCKETS": "1,0.5"}, "CSUITE_RUNTIME_BUCKETS='1,0.5' is not valid: expected a comma-separated, strictly increasing list"),
+    (
+        {"CSUITE_METRICS_PORT": "70000"},
+        "CSUITE_METRICS_PORT='70000' is not valid: expected an integer >= 0 and <= 65535",
+    ),
+    (
+        {"CSUITE_RUNTIME_BUCKETS": "1,0.5"},
+        "CSUITE_RUNTIME_BUCKETS='1,0.5' is not valid: expected a comma-separated, strictly increasing list",
+    ),
     ({"CSUITE_CONST_LABELS": "name=x"}, "CSUITE_CONST_LABELS='name=x' is not valid"),
     ({"CSUITE_CONST_LABELS": "9bad=x"}, "CSUITE_CONST_LABELS='9bad=x' is not valid"),
-    ({"CSUITE_MAX_TASK_NAMES": "0"}, "CSUITE_MAX_TASK_NAMES='0' is not valid: expected an integer >= 1"),
-    ({"CSUITE_LOG_FORMAT": "xml"}, "CSUITE_LOG_FORMAT='xml' is not valid: expected one of console, json"),
+    (
+        {"CSUITE_MAX_TASK_NAMES": "0"},
+        "CSUITE_MAX_TASK_NAMES='0' is not valid: expected an integer >= 1",
+    ),
+    (
+        {"CSUITE_LOG_FORMAT": "xml"},
+        "CSUITE_LOG_FORMAT='xml' is not valid: expected one of console, json",
+    ),
     ({"CSUITE_QUEUE_POLL_INTERVAL": "-1"}, "CSUITE_QUEUE_POLL_INTERVAL='-1' is not valid"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("env", "message"), OBS_BAD, ids=[next(iter(e)) for e, _ in OBS_BAD])
@@ -114,39 +152,69 @@ def test_bad_keyword_and_flag_name_their_source() -> None:
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("CELERY_TASK_TIME_LIMIT", "abc"), ("CELERY_ENABLE_UTC", "maybe"),
-     ("CELERY_BROKER_URL", "foo://x"), ("CSUITE_METRICS_PORT", "-3")],  # fmt: skip
+    [
+        ("CELERY_TASK_TIME_LIMIT", "abc"),
+        ("CELERY_ENABLE_UTC", "maybe"),
+        ("CELERY_BROKER_URL", "foo://x"),
+        ("CSUITE_METRICS_PORT", "-3"),
+    ],
 )
 def test_worker_start_fails_fast_with_one_line(variable: str, value: str) -> None:
     env = base_env("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/1", **{variable: value})
     proc = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "csuite_async_obs.worker", "worker", "-P", "solo"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"csuite-async-obs: {variable}={value!r} is not valid")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"csuite-async-obs: {variable}={value!r} is not valid"
+    )
     assert "Traceback" not in proc.stderr
 
 
 def test_bad_worker_flag_fails_fast_with_one_line() -> None:
     env = base_env("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/1")
     proc = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "csuite_async_obs.worker", "worker", "-P", "solo",
-         "--metrics-port", "nope"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "csuite_async_obs.worker",
+            "worker",
+            "-P",
+            "solo",
+            "--metrics-port",
+            "nope",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    assert "--metrics-port='nope' is not valid: expected an integer >= 0 and <= 65535" in proc.stderr
+    assert (
+        "--metrics-port='nope' is not valid: expected an integer >= 0 and <= 65535" in proc.stderr
+    )
 
 
 def test_cli_fails_fast_with_one_line() -> None:
     env = base_env("redis://127.0.0.1:1/0", "redis://127.0.0.1:1/1", CELERY_TASK_TIME_LIMIT="abc")
     proc = subprocess.run(
         [sys.executable, "-m", "csuite_async_obs.cli", "demo", "--duration", "1"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "csuite-async-obs: CELERY_TASK_TIME_LIMIT='abc' is not valid: "

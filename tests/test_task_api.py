@@ -27,7 +27,9 @@ def test_round_trip_and_results(pool: str, workers: Any) -> None:
     assert ok is not None
     status = wait_for_task(ok.id, timeout=30)
     assert status is not None
-    assert status["status"] == "SUCCESS" and status["ready"] is True and status["timed_out"] is False
+    assert (
+        status["status"] == "SUCCESS" and status["ready"] is True and status["timed_out"] is False
+    )
     assert status["result"] == {"answer": 42}
     assert status["task_id"] == ok.id and isinstance(status["date_done"], str)
 
@@ -46,8 +48,13 @@ def test_queued_but_not_started_is_not_unknown(redis_client: redis.Redis) -> Non
     queued = delay_task(t.ok, 2)
     assert queued is not None
     status = get_task_result(queued.id)
-    assert status == {"task_id": queued.id, "status": "PENDING", "result": None, "ready": False,
-                      "date_done": None}  # fmt: skip
+    assert status == {
+        "task_id": queued.id,
+        "status": "PENDING",
+        "result": None,
+        "ready": False,
+        "date_done": None,
+    }
     assert result.id  # published without delay_task: unknown until a worker stores a state
     assert get_task_result("00000000-0000-0000-0000-000000000000") is None
 
@@ -81,7 +88,7 @@ def _app_on(url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.delenv("CELERY_RESULT_BACKEND")
     app = create_celery_app(CelerySettings(broker_url=url + "/0", result_backend=url + "/1"))
 
-    @app.task(name="tests.down.ok")
+    @app.task(name="tests.down.ok", shared=False)
     def ok(x: int) -> int:
         return x
 

@@ -84,3 +84,72 @@ def never_run() -> None:
 @async_task(name="tests.incr")
 def incr(key: str) -> int:
     return int(_redis().incr(key))
+
+
+# --- tasks of the alerting end-to-end test (tests/test_alerts_e2e.py) ------------------
+
+
+@async_task(name="tests.flaky")
+def flaky(fail: bool = False) -> bool:
+    """A busy task whose failures the caller scripts."""
+    if fail:
+        raise ValueError("scripted failure")
+    return True
+
+
+@async_task(name="tests.rare")
+def rare(fail: bool = False) -> bool:
+    """A task that runs a few times an hour; fails when told to."""
+    if fail:
+        raise LookupError("scripted rare failure")
+    return True
+
+
+# ---------------------------------------------------------------- tests/test_faults.py
+
+
+class UnprintableError(Exception):
+    """An exception whose ``str()`` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception raises")
+
+
+@async_task(name="tests.unprintable")
+def unprintable() -> None:
+    raise UnprintableError("payload")
+
+
+@async_task(name="tests.big_error")
+def big_error(size: int) -> None:
+    """Raises a ValueError whose message is ``size`` characters long."""
+    raise ValueError("x" * size)
+
+
+WEIRD_TASK_NAME = 'tests.weird "quoted"\nname \\ back\\slash ✓ ünïcode'
+WEIRD_QUEUE_NAME = 'q "weird"\n\\ ✓ ü'
+
+
+@async_task(name=WEIRD_TASK_NAME)
+def weird(value: Any = None) -> Any:
+    return value
+
+
+@async_task(name="tests.soft_limit_caught", soft_time_limit=0.3, time_limit=10)
+def soft_limit_caught(seconds: float = 5.0) -> str:
+    """Catches its soft time limit and returns normally."""
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "not interrupted"
+
+
+@async_task(name="tests.mark", bind=True)
+def mark(self: Any, folder: str, seconds: float = 0.0) -> str:
+    """Leaves one new file in ``folder`` per execution (ground truth outside Redis)."""
+    token = f"{self.request.id}.{os.getpid()}.{time.time_ns()}"
+    with open(os.path.join(folder, token), "x"):
+        pass
+    time.sleep(seconds)
+    return token
