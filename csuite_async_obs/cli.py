@@ -106,10 +106,30 @@ def demo(
 
 
 @main.command()
-def options() -> None:
-    """List every instrumentation option: keyword, variable, worker flag."""
+@click.option("--markdown", is_flag=True, help="Print the README's Markdown table.")
+def options(markdown: bool) -> None:
+    """List every instrumentation option: keyword, variable, worker flag, default."""
+    from .docs import options_table
+
+    if markdown:
+        click.echo(options_table())
+        return
     for option in OBS_OPTIONS:
         click.echo(f"{option.attr:22} {option.env:28} {option.flag:34} {option.help}")
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the README's Markdown table.")
+def metrics(markdown: bool) -> None:
+    """List every metric the package exports."""
+    from .docs import metrics_table
+    from .metrics import METRICS
+
+    if markdown:
+        click.echo(metrics_table())
+        return
+    for spec in METRICS:
+        click.echo(f"{spec.name:52} {spec.type:9} {','.join(spec.labels):28} {spec.help}")
 
 
 if __name__ == "__main__":  # python -m csuite_async_obs.cli
