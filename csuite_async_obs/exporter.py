@@ -122,7 +122,9 @@ def _make_handler(
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
             # The base class would render an HTML page that echoes the request line.
             body = f"{code} {self.responses.get(code, ('error',))[0]}\n".encode()
             try:
@@ -137,7 +139,9 @@ def _make_handler(
                 pass
             self.close_connection = True
 
-        def _reply(self, code: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:  # fmt: skip
+        def _reply(
+            self, code: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
+        ) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -151,8 +155,12 @@ def _make_handler(
             if authenticate is None or authenticate(self.headers.get("Authorization")):
                 return True
             body = b"401 Unauthorized\n"
-            self._reply(401, body, "text/plain; charset=utf-8",
-                        {"WWW-Authenticate": 'Basic realm="csuite-async-obs"'})  # fmt: skip
+            self._reply(
+                401,
+                body,
+                "text/plain; charset=utf-8",
+                {"WWW-Authenticate": 'Basic realm="csuite-async-obs"'},
+            )
             return False
 
         def do_GET(self) -> None:
@@ -174,8 +182,7 @@ def _make_handler(
                 else:
                     ok, detail = health()
                     payload = json.dumps({"status": "ok" if ok else "unavailable", **detail})
-                    self._reply(200 if ok else 503, payload.encode() + b"\n",
-                                "application/json")  # fmt: skip
+                    self._reply(200 if ok else 503, payload.encode() + b"\n", "application/json")
             except OSError:
                 self.close_connection = True
             except Exception as exc:  # noqa: BLE001 -- counted, and the client gets a bare 500
@@ -234,8 +241,9 @@ def start_exporter(
         )
         return None
     if ssl_context is not None:
-        server.socket = ssl_context.wrap_socket(server.socket, server_side=True,
-                                                do_handshake_on_connect=False)  # fmt: skip
+        server.socket = ssl_context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     thread = threading.Thread(
         target=server.serve_forever, name="csuite-async-obs-exporter", daemon=True
     )
