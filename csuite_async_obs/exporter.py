@@ -108,16 +108,14 @@ def _make_handler(
     health: HealthCheck,
     authenticate: Authenticator | None,
     on_error: Callable[[BaseException], None],
-    timeout: float,
+    socket_timeout: float,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "csuite-async-obs"
         sys_version = ""
         protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            self.timeout = timeout
-            super().setup()
+        # StreamRequestHandler applies it to the socket: a slow client is dropped.
+        timeout = socket_timeout
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -38,7 +38,7 @@ def _kill_victim(client: redis.Redis, key: str) -> int:
     return pid
 
 
-@pytest.mark.parametrize("pool", ["solo", "prefork", "threads"])
+@pytest.mark.parametrize("pool", ["solo", "prefork", "threads", "gevent"])
 def test_counters_equal_ground_truth(pool: str, workers: Any, redis_client: redis.Redis) -> None:
     prefork = pool == "prefork"
     args: tuple[str, ...] = ("--max-tasks-per-child", "3") if prefork else ()
