@@ -241,7 +241,7 @@ class InstrumentedRequestMixin(Request):
         try:
             series = self._csuite_series or hooks.series(self)
             series.started.inc()
-            headers = self._request_dict
+            headers = self.request_dict
             ready_at = headers.get(DUE_AT_HEADER) or headers.get(PUBLISHED_AT_HEADER)
             if isinstance(ready_at, (int, float)) and self.time_start:
                 # Clock skew between publisher and worker can make this negative.

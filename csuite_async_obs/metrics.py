@@ -221,7 +221,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "csuite_async_obs_label_overflow_total",
         "counter",
         ("label",),
-        "Label values replaced by 'other' because the cardinality limit was reached.",
+        "Events whose task, queue or exception label was reported as 'other' because that "
+        "label's cardinality limit was reached.",
         "yes",
     ),
 )
@@ -356,9 +357,16 @@ class TaskMetrics:
             return series
         with self._children_lock:
             series = self._children.get(key)
+            if series is not None:
+                return series
+            guarded = (self.guard_name(name), self.guard_queue(queue))
+            series = self._children.get(guarded)
             if series is None:
-                series = TaskSeries(self, self.guard_name(name), self.guard_queue(queue))
-                # Keyed by the raw names so later look-ups stay one dict access.
+                series = TaskSeries(self, *guarded)
+                self._children[guarded] = series
+            # Raw keys are cached only while they are their own label values,
+            # so that an unbounded stream of names cannot grow this dict.
+            if guarded == key:
                 self._children[key] = series
         return series
 

@@ -109,6 +109,11 @@ def test_label_guard_reports_overflow_as_other() -> None:
     )
     assert value("csuite_async_obs_label_overflow_total", {"label": "name"}) == 2
     assert value("csuite_async_obs_label_overflow_total", {"label": "exception"}) == 1
+    # A stream of new names neither adds series nor grows the look-up cache.
+    for i in range(1000):
+        metrics.task(f"dynamic-{i}", "q").received.inc()
+    assert value("celery_task_received_total", {"name": "other", "queue_name": "q"}) == 1000
+    assert len(metrics._children) == 3  # (a, q), (b, q), (other, q)
     guard_calls = LabelGuard("x", 1, metrics.overflow.labels("x"))
     assert [guard_calls(v) for v in ("p", "p", "q")] == ["p", "p", "other"]
 

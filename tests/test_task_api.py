@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from typing import Any
 
@@ -114,3 +117,33 @@ def test_delay_task_broker_goes_down_returns_none_fast(monkeypatch: pytest.Monke
         assert time.monotonic() - began < 5.0
     finally:
         server.stop()
+
+
+def test_delay_task_hung_broker_returns_none_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A broker that accepts connections and never answers (a hung Redis).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        task = _app_on(f"redis://127.0.0.1:{listener.getsockname()[1]}", monkeypatch)
+        began = time.monotonic()
+        assert delay_task(task, 1) is None
+        assert time.monotonic() - began < 5.0
+        assert len(accepted) >= 1  # it really talked to the hung peer
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
