@@ -8,13 +8,15 @@ the command with one line naming the variable and exit status 2.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from .settings import OBS_OPTIONS, ConfigError
+from .settings import OBS_OPTIONS, OPTIONS_BY_ATTR, ConfigError
 
 __all__ = ["main"]
 
@@ -103,6 +105,77 @@ def demo(
         click.echo(f"csuite-async-obs demo: {exc}", err=True)
         sys.exit(1)
     sys.exit(code)
+
+
+STANDALONE_DEFAULT_PORT = 9809
+
+# The worker's --metrics-* flags that also apply to the standalone exporter.
+_EXPORTER_OPTIONS = (
+    "metrics_port",
+    "metrics_addr",
+    "web_config",
+    "const_labels",
+    "log_format",
+    "queues",
+    "queue_exclude",
+    "queue_poll_interval",
+    "queue_poll_timeout",
+    "max_queue_names",
+)
+
+
+def _obs_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    for attr in reversed(_EXPORTER_OPTIONS):
+        option = OPTIONS_BY_ATTR[attr]
+        command = click.option(
+            option.flag,
+            attr,
+            default=None,
+            metavar=option.metavar,
+            help=f"{option.help} [env {option.env}]",
+        )(command)
+    return command
+
+
+@main.command()
+@click.option(
+    "-A",
+    "--app",
+    "app_name",
+    default="csuite_async_obs.worker",
+    show_default=True,
+    help="The Celery app, as for `celery -A`: its broker and task_queues are read.",
+)
+@_obs_flags
+def exporter(app_name: str, **flags: Any) -> None:
+    """Serve queue depth for a whole broker: no worker, no events.
+
+    Run one per broker and start the workers with CSUITE_QUEUE_DEPTH=false, so
+    that each queue is reported once; dashboards aggregate with
+    max by (queue_name).  Listens on port 9809 unless told otherwise.  Stops on
+    SIGINT/SIGTERM.
+    """
+    from celery.app.utils import find_app
+
+    from .settings import ObsSettings
+    from .standalone import ExporterNotStarted, run_standalone_exporter
+    from .webconfig import load_web_config
+
+    if flags.get("metrics_port") is None and not os.environ.get("CSUITE_METRICS_PORT"):
+        # Not the workers' 9808, so that both can run on one host.
+        flags["metrics_port"] = STANDALONE_DEFAULT_PORT
+    settings = ObsSettings.resolve(flags=flags)
+    if settings.metrics_port == 0:
+        click.echo("csuite-async-obs exporter: --metrics-port 0 would serve nothing", err=True)
+        sys.exit(2)
+    security = load_web_config(settings.web_config)
+    app = find_app(app_name)
+    try:
+        run_standalone_exporter(
+            app, settings, authenticate=security.authenticate, ssl_context=security.ssl_context
+        )
+    except ExporterNotStarted:
+        sys.exit(1)  # the reason and a hint were logged
 
 
 @main.command()

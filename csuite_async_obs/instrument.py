@@ -21,7 +21,9 @@ from .collectors import WorkerStateCollector
 from .exporter import Exporter, start_exporter
 from .hooks import TaskHooks, instrumented_request_class
 from .metrics import TaskMetrics
+from .queue_depth import QueueDepthPoller, start_queue_depth
 from .settings import ObsSettings
+from .webconfig import WebSecurity, load_web_config
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -50,9 +52,12 @@ class Instrumentation:
         self.metrics = TaskMetrics(self.registry, self.settings)
         self.hooks = TaskHooks(app, self.metrics, self.settings)
         self.exporter: Exporter | None = None
+        # Read when the settings are resolved, so that a bad file stops start-up.
+        self.security: WebSecurity | None = None
         self.consumer_running = False
         self.worker: Any = None
         self._worker_collector: WorkerStateCollector | None = None
+        self._queue_depth: QueueDepthPoller | None = None
         self._uid = f"csuite_async_obs:{id(self)}"
 
     # ------------------------------------------------------------------ wiring
@@ -82,6 +87,7 @@ class Instrumentation:
     def reconfigure(self, flags: dict[str, Any]) -> None:
         """Apply ``celery worker`` flags; rebuild the metrics if they change them."""
         settings = ObsSettings.resolve(self.keywords, self._environ, flags)
+        self.security = load_web_config(settings.web_config)
         if settings == self.settings:
             return
         self.settings = settings
@@ -114,12 +120,26 @@ class Instrumentation:
         )
         self.registry.register(collector)
         self._worker_collector = collector
+        if self.settings.queue_depth:
+            try:
+                self._queue_depth = start_queue_depth(
+                    self.app,
+                    self.registry,
+                    self.settings,
+                    consumed_queues=lambda: _consumed_queues(worker),
+                    on_error=lambda exc: self.hooks.fail("collect", exc),
+                )
+            except Exception as exc:  # noqa: BLE001 -- the worker runs on without queue depth
+                self.hooks.fail("collect", exc)
         if self.settings.metrics_port:
+            security = self.security or load_web_config(self.settings.web_config)
             self.exporter = start_exporter(
                 self.registry,
                 port=self.settings.metrics_port,
                 addr=self.settings.metrics_addr,
                 health=self.health,
+                authenticate=security.authenticate,
+                ssl_context=security.ssl_context,
                 on_error=lambda exc: self.hooks.fail("exporter", exc),
                 log_format=self.settings.log_format,
             )
@@ -131,6 +151,9 @@ class Instrumentation:
                 )
 
     def worker_stopped(self) -> None:
+        if self._queue_depth is not None:
+            self._queue_depth.stop()
+            self._queue_depth = None
         if self.exporter is not None:
             self.exporter.stop()
             self.exporter = None
@@ -145,6 +168,15 @@ class Instrumentation:
             "consumer_running": self.consumer_running,
             "hostname": hostname,
         }
+
+
+def _consumed_queues(worker: Any) -> list[str]:
+    """Queue names the worker consumes: the live consumer's, else its -Q selection."""
+    task_consumer = getattr(getattr(worker, "consumer", None), "task_consumer", None)
+    if task_consumer is not None:
+        return [queue.name for queue in task_consumer.queues]
+    # Before the consumer starts (worker_started runs first): -Q, or every app queue.
+    return list(worker.app.amqp.queues.consume_from)
 
 
 def _url_host(addr: str) -> str:

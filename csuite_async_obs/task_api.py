@@ -90,7 +90,6 @@ def create_celery_app(settings: CelerySettings | None = None, **instrument_optio
         broker_transport_options=broker_options,
         broker_connection_timeout=2.0,
         redis_socket_connect_timeout=_SOCKET_TIMEOUTS["socket_connect_timeout"],
-        worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
     )
     instrument(app, **instrument_options)

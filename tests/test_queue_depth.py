@@ -1,0 +1,688 @@
+"""Queue depth equals the broker's truth: real redis-server, Celery's own publishing, real workers.
+
+Every expected number is the count of messages this test published (or took),
+checked against raw Redis where the layout matters (priority sub-lists, key
+prefix), never "> 0".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from prometheus_client import CollectorRegistry, generate_latest
+
+from csuite_async_obs import (
+    CelerySettings,
+    ObsSettings,
+    create_celery_app,
+    get_celery_app,
+    wait_for_task,
+)
+from csuite_async_obs.exporter import Exporter
+from csuite_async_obs.hooks import PUBLISHED_AT_HEADER
+from csuite_async_obs.instrument import instrumentation_for
+from csuite_async_obs.queue_depth import (
+    QueueDepthPoller,
+    QueueSelection,
+    Reading,
+    start_queue_depth,
+)
+from csuite_async_obs.redis_server import RedisServer
+from csuite_async_obs.standalone import run_standalone_exporter
+from csuite_async_obs.testing import Samples, sample_value, scrape
+
+from . import worker_tasks as t
+from .support import ROOT, http_status, wait_for
+
+SEP = "\x06\x16"  # kombu's default priority separator
+# Celery's priority argument -> kombu's step (bisect into [0, 3, 6, 9]; 255 clamps to 9).
+PRIORITIES = {None: 0, 0: 0, 1: 0, 2: 0, 3: 3, 4: 3, 5: 3, 6: 6, 7: 6, 8: 6, 9: 9, 255: 9}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture()
+def pollers() -> Iterator[Callable[..., QueueDepthPoller]]:
+    """Builds pollers and stops every one of them at the end of the test."""
+    made: list[QueueDepthPoller] = []
+
+    def make(app: Celery, queues: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+             limit: int = 1000, **kwargs: Any) -> QueueDepthPoller:  # fmt: skip
+        kwargs.setdefault("timeout", 10.0)  # generous: two busy cores
+        poller = QueueDepthPoller(app, QueueSelection.build(app, queues, exclude, limit), **kwargs)
+        made.append(poller)
+        return poller
+
+    yield make
+    for poller in made:
+        poller.stop()
+
+
+def _poll(poller: QueueDepthPoller) -> Reading:
+    assert poller.poll_once(), poller.state.last_error
+    reading = poller.state.reading
+    assert reading is not None
+    return reading
+
+
+def _publish(queue: str, priorities: list[int | None], app: Celery | None = None) -> None:
+    for i, priority in enumerate(priorities):
+        options: dict[str, Any] = {"queue": queue}
+        if priority is not None:
+            options["priority"] = priority
+        if app is None:
+            t.ok.apply_async(args=(i,), **options)
+        else:
+            app.send_task("tests.ok", args=(i,), **options)
+
+
+def _sub_lengths(client: redis.Redis, queue: str, prefix: str = "") -> dict[int, int]:
+    """Raw LLEN of each of kombu's default priority sub-lists (ground truth)."""
+    return {
+        step: int(client.llen(prefix + (f"{queue}{SEP}{step}" if step else queue)))
+        for step in (0, 3, 6, 9)
+    }
+
+
+def _expected_steps(priorities: list[int | None]) -> dict[int, int]:
+    steps = dict.fromkeys((0, 3, 6, 9), 0)
+    for priority in priorities:
+        steps[PRIORITIES[priority]] += 1
+    return steps
+
+
+@pytest.fixture()
+def own_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lets an app use its own broker: Celery prefers CELERY_BROKER_URL over its config."""
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+
+
+def _own_app(broker: str, backend: str, **conf: Any) -> Celery:
+    app = create_celery_app(CelerySettings(broker_url=broker, result_backend=backend))
+    app.conf.update(conf)
+    return app
+
+
+def _drop_app(app: Celery) -> None:
+    instrumentation = instrumentation_for(app)
+    if instrumentation is not None:
+        instrumentation.disconnect_signals()
+    app.close()
+
+
+class StandaloneThread:
+    """run_standalone_exporter on a thread, stopped through its stop event."""
+
+    def __init__(self, app: Celery, settings: ObsSettings) -> None:
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.exporter: Exporter | None = None
+        self.poller: QueueDepthPoller | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(app, settings), daemon=True)
+
+    def _run(self, app: Celery, settings: ObsSettings) -> None:
+        def on_ready(exporter: Exporter, poller: QueueDepthPoller) -> None:
+            self.exporter, self.poller = exporter, poller
+            self.ready.set()
+
+        try:
+            run_standalone_exporter(app, settings, port=0, addr="127.0.0.1",
+                                    stop_event=self.stop_event, on_ready=on_ready)  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 -- reported by start()
+            self.error = exc
+            self.ready.set()
+
+    def start(self) -> StandaloneThread:
+        self.thread.start()
+        assert self.ready.wait(30), "standalone exporter did not start"
+        assert self.error is None, self.error
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.exporter is not None
+        return f"http://127.0.0.1:{self.exporter.port}"
+
+    def scrape(self) -> Samples:
+        return scrape(self.url + "/metrics")
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "standalone exporter did not stop"
+
+
+def _queue_threads() -> list[str]:
+    return [th.name for th in threading.enumerate() if th.name.startswith("csuite-queue-depth")]
+
+
+# --------------------------------------------------------------------------- exact totals
+
+
+MIXED: list[int | None] = [None, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255, 9, 0, 5]
+
+
+def test_lengths_are_exact_over_priority_sub_queues(
+    redis_client: redis.Redis, pollers: Callable[..., QueueDepthPoller]
+) -> None:
+    app = get_celery_app()
+    _publish("qd.mixed", MIXED)
+    _publish("qd.single", [None] * 4)
+    _publish("qd.low", [9, 9, 9])
+    _publish("qd.emptied", [0, 9])
+    with app.connection_for_write() as conn:
+        assert conn.default_channel.queue_purge("qd.emptied") == 2
+    # Ground truth: the messages really sit in several sub-lists.
+    assert _sub_lengths(redis_client, "qd.mixed") == _expected_steps(MIXED)
+    assert _sub_lengths(redis_client, "qd.low") == {0: 0, 3: 0, 6: 0, 9: 3}
+
+    poller = pollers(app, ("qd.mixed", "qd.single", "qd.low", "qd.emptied", "qd.never"))
+    registry = CollectorRegistry()
+    poller.attach(registry, (("team", "obs"),))
+    reading = _poll(poller)
+
+    expected = {"celery": 0, "qd.mixed": len(MIXED), "qd.single": 4, "qd.low": 3,
+                "qd.emptied": 0, "qd.never": 0}  # fmt: skip
+    assert dict(reading.lengths) == expected
+    assert reading.unknown == ()
+    assert reading.unacked == 0
+    assert reading.round_trips == 1
+    for queue, count in expected.items():
+        labels = {"queue_name": queue, "team": "obs"}
+        assert sample_value(registry, "celery_queue_length", **labels) == count
+    for queue in ("celery", "qd.emptied", "qd.never"):
+        labels = {"queue_name": queue, "team": "obs"}
+        assert sample_value(registry, "celery_queue_oldest_message_age_seconds", **labels) == 0.0
+    assert sample_value(registry, "celery_queue_unacked_messages", team="obs") == 0
+    assert sample_value(registry, "celery_queue_length_poll_errors_total", team="obs") == 0
+    assert (
+        sample_value(registry, "celery_queue_length_last_success_timestamp_seconds", team="obs")
+        == poller.state.last_success
+    )
+
+
+def test_unacked_counts_messages_taken_and_not_acknowledged(
+    redis_client: redis.Redis, pollers: Callable[..., QueueDepthPoller]
+) -> None:
+    app = get_celery_app()
+    _publish("qd.unacked", [0, 0, 3, 9, 9])
+    poller = pollers(app, ("qd.unacked",))
+    assert _poll(poller).unacked == 0
+
+    conn = app.connection_for_read()
+    try:
+        simple = conn.SimpleQueue("qd.unacked")
+        taken = [simple.get(timeout=10) for _ in range(2)]
+        assert redis_client.hlen("unacked") == 2  # ground truth
+        reading = _poll(poller)
+        assert reading.lengths["qd.unacked"] == 3
+        assert reading.unacked == 2
+        taken[0].ack()
+        reading = _poll(poller)
+        assert reading.lengths["qd.unacked"] == 3
+        assert reading.unacked == 1
+        simple.close()
+    finally:
+        conn.release()  # closing the channel restores the message never acknowledged
+    reading = _poll(poller)
+    assert reading.lengths["qd.unacked"] == 4
+    assert reading.unacked == 0
+
+
+def _wait_all(ids: list[str], timeout: float = 90.0) -> None:
+    for task_id in ids:
+        status = wait_for_task(task_id, timeout=timeout)
+        assert status is not None and not status["timed_out"], status
+
+
+def test_reading_follows_a_worker_draining_its_queue(
+    workers: Any, redis_client: redis.Redis, pollers: Callable[..., QueueDepthPoller]
+) -> None:
+    app = get_celery_app()
+    drain = [0, 3, 6, 9, None, 5]
+    keep = [0, 9, 9, 4]
+    ids = [t.ok.apply_async(args=(i,), queue="qd.drain", priority=p or 0).id
+           for i, p in enumerate(drain)]  # fmt: skip
+    _publish("qd.keep", keep)
+    poller = pollers(app, ("qd.drain", "qd.keep"))
+    reading = _poll(poller)
+    assert {q: reading.lengths[q] for q in ("qd.drain", "qd.keep")} == {
+        "qd.drain": len(drain), "qd.keep": len(keep)}  # fmt: skip
+
+    workers(args=("-Q", "qd.drain"))
+    _wait_all(ids)
+
+    def drained() -> Reading | None:
+        r = _poll(poller)
+        return r if r.lengths["qd.drain"] == 0 and r.unacked == 0 else None
+
+    reading = wait_for(drained, 60, message="the worker's queue to drain")
+    assert {q: reading.lengths[q] for q in ("qd.drain", "qd.keep")} == {
+        "qd.drain": 0, "qd.keep": len(keep)}  # fmt: skip
+    assert _sub_lengths(redis_client, "qd.keep") == _expected_steps(list(keep))
+    assert reading.unacked == 0
+
+    # The worker's own control queues (pidbox, replies) are per process, not backlogs:
+    # a catch-all glob does not pick them up.
+    assert redis_client.exists("_kombu.binding.celery.pidbox") == 1
+    everything = _poll(pollers(app, ("*",)))
+    assert dict(everything.lengths) == {"celery": 0, "qd.drain": 0, "qd.keep": len(keep)}
+
+
+# --------------------------------------------------------------------------- oldest message age
+
+
+def test_oldest_message_age_against_its_publish_time(
+    redis_client: redis.Redis, pollers: Callable[..., QueueDepthPoller]
+) -> None:
+    app = get_celery_app()
+    before = time.time()
+    _publish("qd.age", [9])  # lowest priority: served last, and the oldest
+    after = time.time()
+    wait_for(lambda: time.time() >= after + 1.5, 10, message="1.5 s to pass")
+    _publish("qd.age", [0, 0, 3])
+    # A message published without this package has no timestamp header.
+    with app.connection_for_write() as conn:
+        conn.Producer().publish({"raw": True}, routing_key="qd.raw", exchange="",
+                                declare=[], retry=False)  # fmt: skip
+
+    raw = redis_client.lindex(f"qd.age{SEP}9", -1)
+    assert raw is not None
+    published = json.loads(raw)["headers"][PUBLISHED_AT_HEADER]
+    assert before <= published <= after
+
+    poller = pollers(app, ("qd.age", "qd.raw"))
+    registry = CollectorRegistry()
+    poller.attach(registry)
+    reading = _poll(poller)
+    assert reading.lengths["qd.age"] == 4
+    assert reading.lengths["qd.raw"] == 1
+    assert reading.oldest_published_at["qd.age"] == published
+    assert "qd.raw" not in reading.oldest_published_at
+
+    lo = time.time() - published
+    age = sample_value(registry, "celery_queue_oldest_message_age_seconds", queue_name="qd.age")
+    hi = time.time() - published
+    assert age is not None and lo <= age <= hi
+    assert age >= 1.5
+    # Unknown, not 0: that queue is not empty.
+    assert (
+        sample_value(registry, "celery_queue_oldest_message_age_seconds", queue_name="qd.raw")
+        is None
+    )
+    assert sample_value(registry, "celery_queue_length", queue_name="qd.raw") == 1
+
+
+# --------------------------------------------------------------------------- queue selection
+
+
+def test_globs_exclusions_and_the_bound(
+    redis_client: redis.Redis, pollers: Callable[..., QueueDepthPoller]
+) -> None:
+    app = get_celery_app()
+    _publish("qd.g.a", [0, 3])
+    _publish("qd.g.b", [9])
+    _publish("qd.g.skip", [0])
+    _publish("other", [0])
+
+    reading = _poll(pollers(app, ("qd.g.*", "named"), ("*.skip",)))
+    assert dict(reading.lengths) == {"celery": 0, "named": 0, "qd.g.a": 2, "qd.g.b": 1}
+
+    bounded = pollers(app, ("qd.g.*", "named"), ("*.skip",), limit=3)
+    reading = _poll(bounded)
+    assert dict(reading.lengths) == {"celery": 0, "named": 0, "qd.g.a": 2}
+    assert bounded.state.dropped == 1
+
+    consumed = pollers(app, (), ("celery",), consumed=lambda: ["qd.g.b"])
+    assert dict(_poll(consumed).lengths) == {"qd.g.b": 1}
+
+
+def test_global_keyprefix_is_honoured(
+    redis_server: RedisServer, redis_client: redis.Redis, pollers: Callable[..., QueueDepthPoller]
+) -> None:
+    app = _own_app(f"{redis_server.url}/0", f"{redis_server.url}/1")
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options, "global_keyprefix": "pfx:"}  # fmt: skip
+    try:
+        _publish("qd.pfx", MIXED, app)
+        assert redis_client.exists("qd.pfx") == 0
+        assert _sub_lengths(redis_client, "qd.pfx", "pfx:") == _expected_steps(MIXED)
+
+        poller = pollers(app, ("qd.pf*", "qd.none"))
+        reading = _poll(poller)
+        assert dict(reading.lengths) == {"celery": 0, "qd.none": 0, "qd.pfx": len(MIXED)}
+        assert reading.oldest_published_at.keys() == {"qd.pfx"}
+
+        conn = app.connection_for_read()
+        try:
+            message = conn.SimpleQueue("qd.pfx").get(timeout=10)
+            assert redis_client.hlen("pfx:unacked") == 1
+            reading = _poll(poller)
+            assert reading.lengths["qd.pfx"] == len(MIXED) - 1
+            assert reading.unacked == 1
+            message.ack()
+        finally:
+            conn.release()
+    finally:
+        _drop_app(app)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_200_queues_are_read_in_one_round_trip(
+    redis_client: redis.Redis, pollers: Callable[..., QueueDepthPoller], monkeypatch: Any
+) -> None:
+    app = get_celery_app()
+    names = [f"qd.rt.{i:03d}" for i in range(200)]
+    expected: dict[str, int] = {}
+    with app.producer_or_acquire() as producer:
+        for i, name in enumerate(names):
+            priorities = [0, 3, 6, 9][: i % 5]  # 0 to 4 messages, one per sub-list
+            for priority in priorities:
+                t.ok.apply_async(args=(i,), queue=name, priority=priority, producer=producer)
+            expected[name] = len(priorities)
+    expected["celery"] = 0
+
+    poller = pollers(app, tuple(names))
+    _poll(poller)  # connects; the handshake is not part of a poll
+
+    # Ground truth on the wire: every request batch redis-py writes to a socket.
+    sent: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        original(self, command, check_health)
+
+    redis_client.config_resetstat()
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    reading = _poll(poller)
+    monkeypatch.undo()
+    stats = redis_client.info("commandstats")
+
+    assert dict(reading.lengths) == expected
+    assert reading.round_trips == 1
+    assert len(sent) == 1
+    # ...and the server ran the whole poll: 201 queues x 4 sub-lists, one transaction.
+    assert stats["cmdstat_llen"]["calls"] == 201 * 4
+    assert stats["cmdstat_lindex"]["calls"] == 201 * 4
+    assert stats["cmdstat_hlen"]["calls"] == 1
+    assert stats["cmdstat_multi"]["calls"] == 1
+    assert stats["cmdstat_exec"]["calls"] == 1
+    print(f"\n200 queues: {reading.round_trips} round trip, poll {reading.duration * 1000:.1f} ms")
+
+
+# --------------------------------------------------------------------------- broker trouble
+
+
+@pytest.mark.usefixtures("own_broker")
+def test_broker_killed_and_restarted_under_the_standalone_exporter() -> None:
+    server = RedisServer().start()
+    app = _own_app(f"{server.url}/0", f"{server.url}/1")
+    interval = 0.5
+    settings = ObsSettings(queues=("qd.kill",), queue_poll_interval=interval,
+                           queue_poll_timeout=1.0, log_format="json")  # fmt: skip
+    exporter: StandaloneThread | None = None
+    try:
+        _publish("qd.kill", [0, 0, 9], app)
+        exporter = StandaloneThread(app, settings).start()
+        wait_for(lambda: exporter.scrape().value("celery_queue_length", queue_name="qd.kill") == 3,
+                 30, message="the first reading")  # fmt: skip
+        wait_for(lambda: http_status(exporter.url + "/healthz") == 200, 30, message="healthy")
+        errors_before = exporter.scrape().value("celery_queue_length_poll_errors_total")
+        assert errors_before == 0
+
+        server.stop(kill=True)
+        down_at = time.monotonic()
+
+        scrape_times: list[float] = []
+
+        def timed_scrape() -> Samples:
+            start = time.monotonic()
+            samples = exporter.scrape()
+            scrape_times.append(time.monotonic() - start)
+            return samples
+
+        def errors_risen() -> Samples | None:
+            s = timed_scrape()
+            errors = s.value("celery_queue_length_poll_errors_total")
+            return s if errors is not None and errors >= 3 else None
+
+        samples = wait_for(errors_risen, 30, message="poll errors to rise")
+        # Last values kept, frozen: the same success timestamp while down.
+        assert samples.value("celery_queue_length", queue_name="qd.kill") == 3
+        assert samples.value("celery_queue_length", queue_name="celery") == 0
+        frozen = samples.value("celery_queue_length_last_success_timestamp_seconds")
+        seen = samples.value("celery_queue_length_poll_errors_total")
+
+        def another_error() -> Samples | None:
+            s = timed_scrape()
+            return s if s.value("celery_queue_length_poll_errors_total") != seen else None
+
+        later = wait_for(another_error, 30, message="another failed poll")
+        assert later.value("celery_queue_length_last_success_timestamp_seconds") == frozen
+        assert later.value("celery_queue_length", queue_name="qd.kill") == 3
+        wait_for(lambda: http_status(exporter.url + "/healthz") == 503, 30, message="unhealthy")
+        assert time.monotonic() - down_at < 30
+        # /metrics never waited on the dead broker.
+        assert len(scrape_times) >= 2
+        assert max(scrape_times) < 1.0, scrape_times
+
+        server = RedisServer(port=server.port).start()  # empty: nothing is persisted
+        _publish("qd.kill", [3, 6], app)
+        back_at = time.monotonic()
+        wait_for(lambda: timed_scrape().value("celery_queue_length", queue_name="qd.kill") == 2,
+                 30, message="the reading after the restart")  # fmt: skip
+        recovered_in = time.monotonic() - back_at
+        assert recovered_in <= 2 * interval, f"recovered in {recovered_in:.2f}s"
+        samples = timed_scrape()
+        assert samples.value("celery_queue_length_last_success_timestamp_seconds") > frozen  # type: ignore[operator]
+        assert max(scrape_times) < 1.0, scrape_times
+        wait_for(lambda: http_status(exporter.url + "/healthz") == 200, 30, message="healthy again")
+    finally:
+        if exporter is not None:
+            exporter.close()
+        server.stop()
+        _drop_app(app)
+    assert _queue_threads() == []
+
+
+@pytest.mark.usefixtures("own_broker")
+def test_a_broker_that_never_answers_costs_the_scrape_nothing(
+    pollers: Callable[..., QueueDepthPoller],
+) -> None:
+    # A listening socket nobody accepts on: TCP connects, Redis never replies.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    port = hole.getsockname()[1]
+    app = Celery("blackhole", broker=f"redis://127.0.0.1:{port}/0")
+    try:
+        poller = pollers(app, ("q",), timeout=0.5)
+        registry = CollectorRegistry()
+        poller.attach(registry)
+        start = time.monotonic()
+        assert poller.poll_once() is False
+        assert time.monotonic() - start < 2.0
+        assert poller.state.errors == 1
+
+        poller.interval = 0.2
+        poller.start()
+        for _ in range(5):
+            start = time.monotonic()
+            generate_latest(registry)
+            assert time.monotonic() - start < 0.2
+            time.sleep(0.1)
+        poller.stop()
+        state = poller.state
+        assert state.polls >= 2
+        assert state.errors == state.polls  # every poll failed, none hung the loop
+        # stop() unregisters the collector.
+        assert sample_value(registry, "celery_queue_length_poll_errors_total") is None
+        assert poller.state.reading is None
+        assert poller.state.last_success == 0.0
+        assert _queue_threads() == []
+    finally:
+        hole.close()
+        app.close()
+
+
+@pytest.mark.usefixtures("own_broker")
+def test_the_error_counter_counts_each_failed_poll_exactly(
+    pollers: Callable[..., QueueDepthPoller],
+) -> None:
+    server = RedisServer().start()
+    app = _own_app(f"{server.url}/0", f"{server.url}/1")
+    try:
+        _publish("qd.count", [0, 9], app)
+        poller = pollers(app, ("qd.count",), timeout=5.0)
+        registry = CollectorRegistry()
+        poller.attach(registry)
+        _poll(poller)
+        server.stop(kill=True)
+        for _ in range(3):
+            assert poller.poll_once() is False
+        assert sample_value(registry, "celery_queue_length_poll_errors_total") == 3
+        assert sample_value(registry, "celery_queue_length", queue_name="qd.count") == 2
+        server = RedisServer(port=server.port).start()
+        _publish("qd.count", [0], app)
+        assert _poll(poller).lengths["qd.count"] == 1  # the first good poll recovers
+        assert sample_value(registry, "celery_queue_length_poll_errors_total") == 3
+        assert sample_value(registry, "celery_queue_length", queue_name="qd.count") == 1
+    finally:
+        server.stop()
+        _drop_app(app)
+
+
+# --------------------------------------------------------------------------- standalone
+
+
+def test_standalone_serves_the_same_numbers_as_a_worker_side_poller(
+    redis_client: redis.Redis,
+) -> None:
+    app = get_celery_app()
+    _publish("qd.same", MIXED)
+    _publish("qd.other", [3, 3])
+    settings = ObsSettings(queues=("qd.same", "qd.other", "qd.nothing"), queue_poll_interval=0.5,
+                           const_labels=(("site", "a"),))  # fmt: skip
+    conn = app.connection_for_read()
+    registry = CollectorRegistry()
+    # What a worker consuming qd.other runs (instrument.py calls this).
+    worker_side = start_queue_depth(app, registry, settings, consumed_queues=["qd.other"])
+    exporter = StandaloneThread(app, settings).start()
+    try:
+        conn.SimpleQueue("qd.same").get(timeout=10)  # one unacked message for both to see
+
+        def both_settled() -> tuple[Samples, Samples] | None:
+            served = exporter.scrape()
+            direct = Samples(generate_latest(registry).decode())
+            want = len(MIXED) - 1
+            for s in (served, direct):
+                if s.value("celery_queue_length", queue_name="qd.same", site="a") != want:
+                    return None
+                if s.value("celery_queue_unacked_messages", site="a") != 1:
+                    return None
+            return served, direct
+
+        served, direct = wait_for(both_settled, 30, message="both to read the same broker")
+        for queue, count in (("qd.same", len(MIXED) - 1), ("qd.other", 2), ("qd.nothing", 0),
+                             ("celery", 0)):  # fmt: skip
+            assert served.value("celery_queue_length", queue_name=queue, site="a") == count
+            assert direct.value("celery_queue_length", queue_name=queue, site="a") == count
+        assert {s.labels["queue_name"] for s in served.find("celery_queue_length")} == {
+            s.labels["queue_name"] for s in direct.find("celery_queue_length")}  # fmt: skip
+        age_served = served.value("celery_queue_oldest_message_age_seconds", queue_name="qd.same",
+                                  site="a")  # fmt: skip
+        age_direct = direct.value("celery_queue_oldest_message_age_seconds", queue_name="qd.same",
+                                  site="a")  # fmt: skip
+        assert age_served is not None and age_direct is not None
+        assert math.isclose(age_served, age_direct, abs_tol=5.0)  # two scrapes, two instants
+        assert served.value("celery_queue_length_poll_errors_total", site="a") == 0
+        assert direct.value("celery_queue_length_poll_errors_total", site="a") == 0
+        assert http_status(exporter.url + "/healthz") == 200
+    finally:
+        exporter.close()
+        worker_side.stop()
+        conn.release()
+    assert sample_value(registry, "celery_queue_length", queue_name="qd.same", site="a") is None
+    assert _queue_threads() == []
+
+
+def test_standalone_stops_cleanly_on_sigterm(redis_server: RedisServer, tmp_path: Any) -> None:
+    port_file = tmp_path / "port"
+    code = (
+        "import sys\n"
+        "from csuite_async_obs import ObsSettings, create_celery_app\n"
+        "from csuite_async_obs.standalone import run_standalone_exporter\n"
+        "app = create_celery_app()\n"
+        "def ready(exporter, poller):\n"
+        f"    open({str(port_file)!r}, 'w').write(str(exporter.port))\n"
+        "run_standalone_exporter(app, ObsSettings(queue_poll_interval=0.5), port=0,\n"
+        "                        addr='127.0.0.1', on_ready=ready)\n"
+        "print('stopped', flush=True)\n"
+    )
+    env = {**os.environ, "CELERY_BROKER_URL": f"{redis_server.url}/0",
+           "CELERY_RESULT_BACKEND": f"{redis_server.url}/1", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        port = int(wait_for(lambda: port_file.exists() and port_file.read_text(), 60,
+                            message="the exporter's port"))  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_status(url + "/healthz") == 200, 30, message="healthy")
+        assert scrape(url + "/metrics").value("celery_queue_length", queue_name="celery") == 0
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, output
+        assert b"stopped" in output
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+# --------------------------------------------------------------------------- other brokers
+
+
+@pytest.mark.usefixtures("own_broker")
+def test_other_brokers_use_a_passive_declare_and_report_unknown_queues(
+    pollers: Callable[..., QueueDepthPoller],
+) -> None:
+    app = Celery("memory", broker="memory://")
+    try:
+        for i in range(3):
+            app.send_task("tests.ok", args=(i,), queue="qd.mem")
+        poller = pollers(app, ("qd.mem", "qd.missing"))
+        registry = CollectorRegistry()
+        poller.attach(registry)
+        reading = _poll(poller)
+        assert dict(reading.lengths) == {"qd.mem": 3}
+        # Never declared on this broker: unknown, not 0.
+        assert reading.unknown == ("celery", "qd.missing")
+        assert reading.unacked is None
+        assert sample_value(registry, "celery_queue_length", queue_name="qd.mem") == 3
+        assert sample_value(registry, "celery_queue_length", queue_name="qd.missing") is None
+        assert sample_value(registry, "celery_queue_oldest_message_age_seconds",
+                            queue_name="qd.mem") is None  # fmt: skip
+        assert sample_value(registry, "celery_queue_unacked_messages") is None
+        assert sample_value(registry, "celery_queue_length_poll_errors_total") == 0
+        assert poller.health()[1]["unknown_queues"] == ["celery", "qd.missing"]
+    finally:
+        app.close()
