@@ -65,6 +65,9 @@ class MetricsStep(bootsteps.StartStopStep):
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
 
+    # A cold shutdown (and celery.contrib.testing) sends "terminate", not "stop".
+    terminate = stop
+
 
 class ConsumerHealthStep(bootsteps.StartStopStep):
     """Marks the consumer running once it consumes tasks, and not running when it stops."""
@@ -84,6 +87,8 @@ class ConsumerHealthStep(bootsteps.StartStopStep):
 
     def shutdown(self, consumer: Any) -> None:
         self.stop(consumer)
+
+    terminate = stop
 
 
 def add_worker_steps(app: Celery) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -80,6 +81,8 @@ def test_in_process_worker_counts_and_survives_instrumentation_faults(memory_app
     finally:
         metrics.task = original  # type: ignore[method-assign]
         instrumentation.disconnect_signals()
+    # The worker's stop (a "terminate" here) took the exporter and poller threads with it.
+    assert [th.name for th in threading.enumerate() if th.name.startswith("csuite-")] == []
     labels = {"name": "unit.add", "queue_name": memory_app.conf.task_default_queue, "team": "core"}
     value = registry.get_sample_value
     assert value("celery_task_succeeded_total", labels) == 5
