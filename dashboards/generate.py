@@ -1,0 +1,1042 @@
+"""Generate the Grafana dashboards of csuite-async-obs from code.
+
+    python dashboards/generate.py           # (re)write dashboards/*.json
+    python dashboards/generate.py --check   # exit 1 if the committed JSON differs
+
+Two dashboards: **overview** (every task, queue and worker of the chosen jobs)
+and **task** (one task in depth), linked both ways; the overview's tables of
+failing tasks and exceptions open the task dashboard on the clicked row.
+
+Why the Grafana Foundation SDK (``grafana-foundation-sdk`` on PyPI): it is
+maintained by Grafana Labs and generated from Grafana's own panel and dashboard
+schemas, so option names follow Grafana releases instead of trailing them; its
+builders are fully typed (``py.typed``), which lets mypy catch a misspelt option
+here; and it has no dependencies.  grafanalib has had no release since January
+2024, and grafana-dashboard-builder describes dashboards in YAML, which would
+put the PromQL back into untyped text with no place for the shared selectors
+below.
+
+Design of the queries:
+
+* Panels read the raw metrics, not the recording rules in ``alerts/``: the
+  instance filter must work on every panel, and a dashboard imported without
+  the rules must still show data.
+* Task panels filter on ``job``, ``instance``, ``queue_name`` and ``name``
+  (variables ``job``, ``instance``, ``queue_name``, ``task``).
+* Queue-depth panels are broker-wide: every process that polls (each worker, or
+  one ``csuite-async-obs exporter``, often in a job of its own) reports the same
+  broker, so they aggregate with ``max by (queue_name)`` and filter on
+  ``queue_name`` only.
+* Failure ratios divide ``celery_task_runtime_seconds_count{state="failed"}`` by
+  the count over every state; those series exist at 0 from worker start, while
+  ``celery_task_failed_total{exception}`` appears at a task's first failure and
+  is used where the exception class matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models.common import (
+    BigValueGraphMode,
+    LegendDisplayMode,
+    LegendPlacement,
+    SortOrder,
+    TooltipDisplayMode,
+)
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+HERE = Path(__file__).resolve().parent
+OVERVIEW_UID = "csuite-async-obs-overview"
+TASK_UID = "csuite-async-obs-task"
+TAGS = ["celery", "csuite-async-obs"]
+
+DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+# Label filters shared by the panels (see the module docstring).
+WORKER = 'job=~"$job", instance=~"$instance"'
+TASK = WORKER + ', queue_name=~"$queue_name", name=~"$task"'
+# Publishers (a web app, beat) count celery_task_sent_total in jobs of their own.
+SENT = 'queue_name=~"$queue_name", name=~"$task"'
+QUEUE = 'queue_name=~"$queue_name"'
+
+RATE = "$__rate_interval"
+RANGE = "$__range"
+
+
+# --------------------------------------------------------------------------- PromQL helpers
+
+
+def rate(metric: str, selector: str, by: str | None = None, window: str = RATE) -> str:
+    """``sum [by (...)] (rate(metric{selector}[window]))``."""
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} (rate({metric}{{{selector}}}[{window}]))"
+
+
+def increase(metric: str, selector: str, by: str | None = None, window: str = RANGE) -> str:
+    """``sum [by (...)] (increase(metric{selector}[window]))``."""
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} (increase({metric}{{{selector}}}[{window}]))"
+
+
+def increase_since_created(metric: str, selector: str, by: str, window: str = RANGE) -> str:
+    """Increase over ``window`` of a counter whose series appear at their first event.
+
+    ``increase()`` needs two samples, so it misses the event that created a series
+    (``celery_task_failed_total{exception}`` appears at 1).  A series that did not
+    exist ``window`` ago counts with its whole value; the others with their increase
+    (``or`` matches label sets without the metric name).
+    """
+    sel = f"{metric}{{{selector}}}"
+    return (
+        f"sum by ({by}) (\n  ({sel} unless {sel} offset {window})\n  or\n"
+        f"  increase({sel}[{window}])\n)"
+    )
+
+
+def quantile(q: float, histogram: str, selector: str, by: str = "le") -> str:
+    """The ``q`` quantile of ``histogram`` (without ``_bucket``) over the rate interval."""
+    return f"histogram_quantile({q}, {rate(histogram + '_bucket', selector, by)})"
+
+
+def failure_ratio(selector: str, by: str | None = None, window: str = RATE) -> str:
+    """Failed executions over all executions, from the runtime histogram's counts."""
+    count = "celery_task_runtime_seconds_count"
+    fn = "rate" if window == RATE else "increase"
+    grouping = f" by ({by})" if by else ""
+    failed = f'sum{grouping} ({fn}({count}{{{selector}, state="failed"}}[{window}]))'
+    total = f"sum{grouping} ({fn}({count}{{{selector}}}[{window}]))"
+    return f"{failed}\n/\n{total}"
+
+
+# --------------------------------------------------------------------------- panel helpers
+
+
+def query(expr: str, legend: str = "", *, instant: bool = False) -> prometheus.Dataquery:
+    """One Prometheus target (the ref id is set by :func:`numbered`)."""
+    target = prometheus.Dataquery().expr(expr)
+    if legend:
+        target = target.legend_format(legend)
+    return target.instant().format(PromQueryFormat.TABLE) if instant else target.range()
+
+
+def legend() -> common_builders.VizLegendOptions:
+    return (
+        common_builders.VizLegendOptions()
+        .display_mode(LegendDisplayMode.LIST)
+        .placement(LegendPlacement.BOTTOM)
+        .show_legend(True)
+    )
+
+
+def tooltip() -> common_builders.VizTooltipOptions:
+    return (
+        common_builders.VizTooltipOptions()
+        .mode(TooltipDisplayMode.MULTI)
+        .sort(SortOrder.DESCENDING)
+    )
+
+
+def graph(
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    unit: str = "short",
+    width: int = 12,
+    height: int = 8,
+    minimum: float | None = 0,
+    maximum: float | None = None,
+) -> timeseries.Panel:
+    """A time series panel."""
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets(numbered(targets))
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .fill_opacity(10)
+        .line_width(1)
+        .legend(legend())
+        .tooltip(tooltip())
+    )
+    if minimum is not None:
+        panel = panel.min(minimum)
+    if maximum is not None:
+        panel = panel.max(maximum)
+    return panel
+
+
+def single(
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    unit: str = "short",
+    width: int = 4,
+    height: int = 4,
+    red_above: float | None = None,
+) -> stat.Panel:
+    """A stat panel showing the last value; red from ``red_above`` when given."""
+    steps = [dm.Threshold(value=None, color="green")]
+    if red_above is not None:
+        steps.append(dm.Threshold(value=red_above, color="red"))
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets(numbered(targets))
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .graph_mode(BigValueGraphMode.AREA)
+        .thresholds(dash.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(steps))
+    )
+
+
+def task_link(title: str) -> dict[str, Any]:
+    """A data link from a table row (columns ``name``, ``queue_name``) to the task dashboard."""
+    return {
+        "title": title,
+        "url": (
+            f"/d/{TASK_UID}/csuite-async-obs-task?${{__url_time_range}}"
+            "&${datasource:queryparam}&${job:queryparam}&${instance:queryparam}"
+            "&var-queue_name=${__data.fields.queue_name}&var-task=${__data.fields.name}"
+        ),
+    }
+
+
+def listing(
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    rename: dict[str, str],
+    sort_by: str,
+    link: str | None = None,
+    width: int = 12,
+    height: int = 8,
+) -> table.Panel:
+    """A table of instant queries merged on their labels, optionally linking to the task dashboard."""
+    organize = {
+        "excludeByName": {"Time": True, "__name__": True},
+        "renameByName": rename,
+        "indexByName": {},
+    }
+    panel = (
+        table.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets(numbered(targets))
+        .span(width)
+        .height(height)
+        .show_header(True)
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(dm.DataTransformerConfig(id_val="organize", options=organize))
+        .sort_by([common_builders.TableSortByFieldState().display_name(sort_by).desc(True)])
+    )
+    if link is not None:
+        panel = panel.override_by_name(
+            "name", [dm.DynamicConfigValue(id_val="links", value=[task_link(link)])]
+        )
+    return panel
+
+
+def numbered(
+    targets: Iterable[prometheus.Dataquery],
+) -> list[cogbuilder.Builder[cogvariants.Dataquery]]:
+    """Give targets the ref ids A, B, C ... in order."""
+    return [t.ref_id(chr(ord("A") + i)) for i, t in enumerate(targets)]
+
+
+# --------------------------------------------------------------------------- variables
+
+
+def variables(task_multi: bool) -> list[cogbuilder.Builder[dm.VariableModel]]:
+    """datasource, job, instance, queue_name, task."""
+
+    def labels(name: str, label: str, source: str, *, multi: bool = True) -> dash.QueryVariable:
+        variable = (
+            dash.QueryVariable(name)
+            .label(label)
+            .datasource(DATASOURCE)
+            .query(f"label_values({source}, {name if name != 'task' else 'name'})")
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+            .multi(multi)
+        )
+        if multi:
+            variable = (
+                variable.include_all(True)
+                .all_value(".*")
+                .current(dm.VariableOption(selected=True, text="All", value="$__all"))
+            )
+        return variable
+
+    return [
+        dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        labels("job", "Job", "celery_worker_up"),
+        labels("instance", "Worker", 'celery_worker_up{job=~"$job"}'),
+        labels("queue_name", "Queue", 'celery_task_received_total{job=~"$job"}'),
+        labels(
+            "task",
+            "Task",
+            'celery_task_received_total{job=~"$job", queue_name=~"$queue_name"}',
+            multi=task_multi,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- overview
+
+
+def overview() -> dash.Dashboard:
+    """Every task, queue and worker of the selected jobs."""
+    d = (
+        dash.Dashboard("Celery tasks: overview (csuite-async-obs)")
+        .uid(OVERVIEW_UID)
+        .description(
+            "Throughput, failures, latency, queues and workers of Celery apps "
+            "instrumented with csuite-async-obs."
+        )
+        .tags(TAGS)
+        .refresh("30s")
+        .time("now-1h", "now")
+        .timezone("browser")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .variables(variables(task_multi=True))
+        .link(
+            dash.DashboardLink("Task detail")
+            .type(dm.DashboardLinkType.LINK)
+            .url(f"/d/{TASK_UID}/csuite-async-obs-task")
+            .include_vars(True)
+            .keep_time(True)
+            .icon("dashboard")
+        )
+    )
+
+    d = d.with_row(dash.Row("Now"))
+    d = d.with_panel(
+        single(
+            "Workers up",
+            "Scrape targets of the selected jobs that answer (Prometheus's `up`); "
+            "a killed worker's own series vanish, so only `up` shows it.",
+            [query(f"sum(up{{{WORKER}}})", "up")],
+            width=3,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Saturation",
+            "Pool processes executing a task, over all pool processes.",
+            [
+                query(
+                    f"sum(celery_worker_tasks_active{{{WORKER}}}) / sum(celery_worker_pool_size{{{WORKER}}})"
+                )
+            ],
+            unit="percentunit",
+            width=3,
+            red_above=0.9,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Throughput",
+            "Executions finished per second, every outcome.",
+            [query(rate("celery_task_runtime_seconds_count", TASK))],
+            unit="ops",
+            width=3,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Failure ratio",
+            "Failed executions over all executions, over the rate interval.",
+            [query(failure_ratio(TASK))],
+            unit="percentunit",
+            width=3,
+            red_above=0.1,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Backlog",
+            "Messages waiting in the selected queues (max over the processes that poll them).",
+            [query(f"sum(max by (queue_name) (celery_queue_length{{{QUEUE}}}))")],
+            width=3,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Oldest message",
+            "Age of the oldest waiting message over the selected queues.",
+            [query(f"max(celery_queue_oldest_message_age_seconds{{{QUEUE}}})")],
+            unit="s",
+            width=3,
+            red_above=300,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Time-limit kills in range",
+            "Executions that hit a soft or hard time limit in the time range.",
+            [query(increase("celery_task_time_limit_exceeded_total", TASK))],
+            width=3,
+            red_above=1,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Lost children in range",
+            "Executions whose pool process died under them (SIGKILL, OOM) in the time range.",
+            [query(increase("celery_task_worker_lost_total", TASK))],
+            width=3,
+            red_above=1,
+        )
+    )
+
+    d = d.with_row(dash.Row("Throughput and failures"))
+    d = d.with_panel(
+        graph(
+            "Throughput by outcome",
+            "Executions finished per second, by final state of the "
+            "execution (a retried execution is one that raised Retry).",
+            [query(rate("celery_task_runtime_seconds_count", TASK, "state"), "{{state}}")],
+            unit="ops",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Failure ratio by task",
+            "Failed executions over all executions of each task.",
+            [query(failure_ratio(TASK, "queue_name, name"), "{{name}} ({{queue_name}})")],
+            unit="percentunit",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Task lifecycle",
+            "Messages per second at each step: sent (by any publisher), "
+            "received and started by workers, and how they ended.",
+            [
+                query(rate("celery_task_sent_total", SENT), "sent"),
+                query(rate("celery_task_received_total", TASK), "received"),
+                query(rate("celery_task_started_total", TASK), "started"),
+                query(rate("celery_task_succeeded_total", TASK), "succeeded"),
+                query(rate("celery_task_failed_total", TASK), "failed"),
+                query(rate("celery_task_retried_total", TASK), "retried"),
+                query(rate("celery_task_revoked_total", TASK), "revoked"),
+                query(rate("celery_task_rejected_total", TASK), "rejected"),
+            ],
+            unit="ops",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Retries by task",
+            "Executions that raised Retry and were re-published, per second.",
+            [
+                query(
+                    rate("celery_task_retried_total", TASK, "queue_name, name"),
+                    "{{name}} ({{queue_name}})",
+                )
+            ],
+            unit="ops",
+        )
+    )
+    d = d.with_panel(
+        listing(
+            "Top failing tasks",
+            "Tasks with the most failed executions in the time range. "
+            "Click a name for the task dashboard.",
+            [
+                query(
+                    "sort_desc(topk(10, "
+                    + increase(
+                        "celery_task_runtime_seconds_count",
+                        TASK + ', state="failed"',
+                        "queue_name, name",
+                    )
+                    + ") > 0)",
+                    instant=True,
+                ),
+                query(
+                    f"(\n{failure_ratio(TASK, 'queue_name, name', RANGE)}\n)\nand on (queue_name, name)\n"
+                    "topk(10, "
+                    + increase(
+                        "celery_task_runtime_seconds_count",
+                        TASK + ', state="failed"',
+                        "queue_name, name",
+                    )
+                    + ") > 0",
+                    instant=True,
+                ),
+            ],
+            rename={"Value #A": "failures", "Value #B": "failure ratio"},
+            sort_by="failures",
+            link="Open task ${__data.fields.name}",
+        )
+    )
+    d = d.with_panel(
+        listing(
+            "Top exceptions",
+            "Exception classes of the failures in the time range, by task "
+            "(time limits show as TimeLimitExceeded, lost pool processes as WorkerLostError). "
+            "Click a name for the task dashboard.",
+            [
+                query(
+                    "sort_desc(topk(10, "
+                    + increase_since_created(
+                        "celery_task_failed_total", TASK, "exception, queue_name, name"
+                    )
+                    + ") > 0)",
+                    instant=True,
+                ),
+            ],
+            rename={"Value": "failures"},
+            sort_by="failures",
+            link="Open task ${__data.fields.name}",
+        )
+    )
+
+    d = d.with_row(dash.Row("Latency"))
+    d = d.with_panel(
+        graph(
+            "Runtime p50 / p95 / p99",
+            "Time executions ran in the pool, every outcome.",
+            [
+                query(quantile(q, "celery_task_runtime_seconds", TASK), f"p{round(q * 100)}")
+                for q in (0.5, 0.95, 0.99)
+            ],
+            unit="s",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Queue wait p50 / p95 / p99",
+            "Time from publish (or ETA) until a pool process started the task.",
+            [
+                query(quantile(q, "celery_task_queue_wait_seconds", TASK), f"p{round(q * 100)}")
+                for q in (0.5, 0.95, 0.99)
+            ],
+            unit="s",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Mean runtime and queue wait",
+            "Sum of observed seconds over the number of observations, per rate interval.",
+            [
+                query(
+                    rate("celery_task_runtime_seconds_sum", TASK)
+                    + "\n/\n"
+                    + rate("celery_task_runtime_seconds_count", TASK),
+                    "runtime",
+                ),
+                query(
+                    rate("celery_task_queue_wait_seconds_sum", TASK)
+                    + "\n/\n"
+                    + rate("celery_task_queue_wait_seconds_count", TASK),
+                    "queue wait",
+                ),
+            ],
+            unit="s",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Queue wait not measured",
+            "Tasks started without the publish timestamp header "
+            "(published by a process without csuite-async-obs): their wait is not in the "
+            "histogram.",
+            [
+                query(
+                    rate("celery_task_queue_wait_unmeasured_total", TASK, "queue_name, name"),
+                    "{{name}} ({{queue_name}})",
+                )
+            ],
+            unit="ops",
+        )
+    )
+
+    d = d.with_row(dash.Row("Queues (broker-wide: filtered by queue only)"))
+    d = d.with_panel(
+        graph(
+            "Queue length",
+            "Messages waiting in each queue, all priority sub-queues included.",
+            [query(f"max by (queue_name) (celery_queue_length{{{QUEUE}}})", "{{queue_name}}")],
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Oldest message age",
+            "Age of the oldest waiting message of each queue; 0 when empty.",
+            [
+                query(
+                    f"max by (queue_name) (celery_queue_oldest_message_age_seconds{{{QUEUE}}})",
+                    "{{queue_name}}",
+                )
+            ],
+            unit="s",
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Unacknowledged messages",
+            "Messages taken by workers and not yet acknowledged "
+            "(prefetched, running, waiting for their ETA), over all queues.",
+            [query("max(celery_queue_unacked_messages)", "unacked")],
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Queue-depth polling",
+            "Failed polls per second, and seconds since the last "
+            "successful poll, of each process that polls the broker.",
+            [
+                query(
+                    "sum by (job, instance) (rate(celery_queue_length_poll_errors_total[$__rate_interval]))",
+                    "errors/s {{instance}}",
+                ),
+                query(
+                    "time() - max by (job, instance) (celery_queue_length_last_success_timestamp_seconds)",
+                    "since last success {{instance}}",
+                ),
+            ],
+            width=24,
+        )
+    )
+
+    d = d.with_row(dash.Row("Workers"))
+    d = d.with_panel(
+        graph(
+            "Saturation by worker",
+            "Executing tasks over pool processes, per worker.",
+            [
+                query(
+                    f"sum by (instance) (celery_worker_tasks_active{{{WORKER}}})\n/\n"
+                    f"sum by (instance) (celery_worker_pool_size{{{WORKER}}})",
+                    "{{instance}}",
+                )
+            ],
+            unit="percentunit",
+            maximum=1,
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Pool",
+            "Pool processes: executing, reserved but not started (prefetched), and the pool size.",
+            [
+                query(f"sum(celery_worker_tasks_active{{{WORKER}}})", "active"),
+                query(f"sum(celery_worker_prefetched_tasks{{{WORKER}}})", "prefetched"),
+                query(f"sum(celery_worker_pool_size{{{WORKER}}})", "pool size"),
+            ],
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Workers up and consuming",
+            "`up` per scrape target, and whether each worker's "
+            "consumer is connected to the broker.",
+            [
+                query(f"up{{{WORKER}}}", "up {{instance}}"),
+                query(f"celery_worker_consumer_up{{{WORKER}}}", "consuming {{instance}}"),
+            ],
+            maximum=1,
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        listing(
+            "Workers",
+            "Workers scraped right now, with their Celery host names.",
+            [query(f"celery_worker_up{{{WORKER}}}", instant=True)],
+            rename={"Value": "up", "hostname": "Celery host name"},
+            sort_by="instance",
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Time-limit kills",
+            "Executions that hit their soft or hard time limit, per minute.",
+            [
+                query(
+                    "60 * " + rate("celery_task_time_limit_exceeded_total", TASK, "name, kind"),
+                    "{{name}} {{kind}}",
+                )
+            ],
+            unit="opm",
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Lost pool children",
+            "Executions whose pool process died under them, per minute.",
+            [
+                query(
+                    "60 * " + rate("celery_task_worker_lost_total", TASK, "instance, name"),
+                    "{{name}} on {{instance}}",
+                )
+            ],
+            unit="opm",
+            width=8,
+        )
+    )
+
+    d = d.with_row(dash.Row("Instrumentation"))
+    d = d.with_panel(
+        graph(
+            "Instrumentation errors",
+            "Errors caught inside csuite-async-obs, by hook, per "
+            "second (never raised into a task).",
+            [
+                query(
+                    rate("csuite_async_obs_instrumentation_errors_total", WORKER, "hook"),
+                    "{{hook}}",
+                )
+            ],
+            unit="ops",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Label values capped",
+            "Label values replaced by 'other' because the cardinality cap was reached, per second.",
+            [query(rate("csuite_async_obs_label_overflow_total", WORKER, "label"), "{{label}}")],
+            unit="ops",
+        )
+    )
+    return d
+
+
+# --------------------------------------------------------------------------- task
+
+
+def task_dashboard() -> dash.Dashboard:
+    """One task (or a few) in depth."""
+    d = (
+        dash.Dashboard("Celery tasks: task detail (csuite-async-obs)")
+        .uid(TASK_UID)
+        .description("Outcomes, exceptions, latency and kills of one Celery task.")
+        .tags(TAGS)
+        .refresh("30s")
+        .time("now-1h", "now")
+        .timezone("browser")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .variables(variables(task_multi=False))
+        .link(
+            dash.DashboardLink("Overview")
+            .type(dm.DashboardLinkType.LINK)
+            .url(f"/d/{OVERVIEW_UID}/csuite-async-obs-overview")
+            .include_vars(True)
+            .keep_time(True)
+            .icon("dashboard")
+        )
+    )
+    count = "celery_task_runtime_seconds_count"
+    d = d.with_row(dash.Row("$task in the time range"))
+    d = d.with_panel(
+        single(
+            "Executions",
+            "Executions finished in the time range, every outcome.",
+            [query(increase(count, TASK))],
+            width=4,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Failures",
+            "Failed executions in the time range.",
+            [query(increase(count, TASK + ', state="failed"'))],
+            width=4,
+            red_above=1,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Failure ratio",
+            "Failed over all executions in the time range.",
+            [query(failure_ratio(TASK, window=RANGE))],
+            unit="percentunit",
+            width=4,
+            red_above=0.1,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Runtime p95",
+            "95th percentile of the runtime over the time range.",
+            [query(quantile(0.95, "celery_task_runtime_seconds", TASK).replace(RATE, RANGE))],
+            unit="s",
+            width=4,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Queue wait p95",
+            "95th percentile of the queue wait over the time range.",
+            [query(quantile(0.95, "celery_task_queue_wait_seconds", TASK).replace(RATE, RANGE))],
+            unit="s",
+            width=4,
+        )
+    )
+    d = d.with_panel(
+        single(
+            "Kills",
+            "Time-limit kills and lost pool processes in the time range.",
+            [
+                query(
+                    increase("celery_task_time_limit_exceeded_total", TASK)
+                    + "\n+\n"
+                    + increase("celery_task_worker_lost_total", TASK)
+                )
+            ],
+            width=4,
+            red_above=1,
+        )
+    )
+
+    d = d.with_row(dash.Row("Outcomes"))
+    d = d.with_panel(
+        graph(
+            "Executions by outcome",
+            "Executions finished per second, by final state.",
+            [query(rate(count, TASK, "state"), "{{state}}")],
+            unit="ops",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Failure ratio",
+            "Failed over all executions, per rate interval.",
+            [query(failure_ratio(TASK), "failure ratio")],
+            unit="percentunit",
+            maximum=1,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Failures by exception",
+            "Failed executions per second, by exception class.",
+            [query(rate("celery_task_failed_total", TASK, "exception"), "{{exception}}")],
+            unit="ops",
+        )
+    )
+    d = d.with_panel(
+        listing(
+            "Exceptions in the time range",
+            "Exception classes of the failures in the time range.",
+            [
+                query(
+                    "sort_desc("
+                    + increase_since_created(
+                        "celery_task_failed_total", TASK, "exception, queue_name, name"
+                    )
+                    + ")",
+                    instant=True,
+                )
+            ],
+            rename={"Value": "failures"},
+            sort_by="failures",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Lifecycle",
+            "Messages per second: sent (by any publisher), received, started, "
+            "succeeded, retried, revoked, rejected.",
+            [
+                query(rate("celery_task_sent_total", SENT), "sent"),
+                query(rate("celery_task_received_total", TASK), "received"),
+                query(rate("celery_task_started_total", TASK), "started"),
+                query(rate("celery_task_succeeded_total", TASK), "succeeded"),
+                query(rate("celery_task_retried_total", TASK), "retried"),
+                query(rate("celery_task_revoked_total", TASK), "revoked"),
+                query(rate("celery_task_rejected_total", TASK), "rejected"),
+            ],
+            unit="ops",
+            width=24,
+        )
+    )
+
+    d = d.with_row(dash.Row("Latency"))
+    d = d.with_panel(
+        graph(
+            "Runtime p50 / p95 / p99",
+            "Time executions ran in the pool, every outcome.",
+            [
+                query(quantile(q, "celery_task_runtime_seconds", TASK), f"p{round(q * 100)}")
+                for q in (0.5, 0.95, 0.99)
+            ],
+            unit="s",
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Runtime p95 by outcome",
+            "95th percentile of the runtime of each final state.",
+            [query(quantile(0.95, "celery_task_runtime_seconds", TASK, "state, le"), "{{state}}")],
+            unit="s",
+        )
+    )
+    d = d.with_panel(
+        heatmap.Panel()
+        .title("Runtime distribution")
+        .description("Executions per runtime bucket and rate interval.")
+        .datasource(DATASOURCE)
+        .targets(
+            numbered(
+                [
+                    query(
+                        increase("celery_task_runtime_seconds_bucket", TASK, "le", RATE), "{{le}}"
+                    ).format(PromQueryFormat.HEATMAP)
+                ]
+            )
+        )
+        .calculate(False)
+        .unit("s")
+        .span(12)
+        .height(8)
+    )
+    d = d.with_panel(
+        graph(
+            "Queue wait p50 / p95 / p99",
+            "Time from publish (or ETA) until a pool process started the task.",
+            [
+                query(quantile(q, "celery_task_queue_wait_seconds", TASK), f"p{round(q * 100)}")
+                for q in (0.5, 0.95, 0.99)
+            ],
+            unit="s",
+        )
+    )
+
+    d = d.with_row(dash.Row("Kills and queue"))
+    d = d.with_panel(
+        graph(
+            "Time limits",
+            "Executions that hit their soft or hard time limit, per minute.",
+            [
+                query(
+                    "60 * " + rate("celery_task_time_limit_exceeded_total", TASK, "kind"),
+                    "{{kind}}",
+                )
+            ],
+            unit="opm",
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Lost pool children",
+            "Executions whose pool process died under them, per minute, by worker.",
+            [
+                query(
+                    "60 * " + rate("celery_task_worker_lost_total", TASK, "instance"),
+                    "{{instance}}",
+                )
+            ],
+            unit="opm",
+            width=8,
+        )
+    )
+    d = d.with_panel(
+        graph(
+            "Its queue",
+            "Length and oldest message age of the queue(s) this task is routed to.",
+            [
+                query(
+                    "max by (queue_name) (celery_queue_length)\nand on (queue_name)\n"
+                    f"group by (queue_name) (celery_task_received_total{{{TASK}}})",
+                    "length {{queue_name}}",
+                ),
+                query(
+                    "max by (queue_name) (celery_queue_oldest_message_age_seconds)\nand on (queue_name)\n"
+                    f"group by (queue_name) (celery_task_received_total{{{TASK}}})",
+                    "oldest age (s) {{queue_name}}",
+                ),
+            ],
+            width=8,
+        )
+    )
+    return d
+
+
+# --------------------------------------------------------------------------- output
+
+
+def finish(board: dash.Dashboard) -> dict[str, Any]:
+    """Build, number the panels in order and return plain JSON data."""
+    data: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    for number, panel in enumerate(data["panels"], start=1):
+        panel["id"] = number
+    return data
+
+
+DASHBOARDS = {
+    "overview.json": overview,
+    "task.json": task_dashboard,
+}
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text of every dashboard, exactly as committed."""
+    return {
+        name: json.dumps(finish(build()), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        for name, build in DASHBOARDS.items()
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if a committed file differs from the generated one",
+    )
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in render().items():
+        path = HERE / name
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            stale.append(name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(
+            f"out of date: {', '.join(stale)}; run python dashboards/generate.py", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
