@@ -278,42 +278,10 @@ def _fmt_number(value: float) -> str:
 
 # --------------------------------------------------------------------------- instrumentation
 
-DEFAULT_RUNTIME_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    900.0,
-)
-DEFAULT_QUEUE_WAIT_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    3600.0,
-)
+_SHORT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Runtimes up to the default hard limit and beyond; waits up to an hour of backlog.
+DEFAULT_RUNTIME_BUCKETS = (*_SHORT_BUCKETS, 120.0, 300.0, 900.0)
+DEFAULT_QUEUE_WAIT_BUCKETS = (*_SHORT_BUCKETS, 300.0, 900.0, 3600.0)
 
 
 @dataclass(frozen=True)
