@@ -11,14 +11,18 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
 from celery.utils.imports import symbol_by_name
 from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from .collectors import WorkerStateCollector
 from .exporter import Exporter, start_exporter
+from .exposition import TaskExposition, make_renderer, supported
 from .hooks import TaskHooks, instrumented_request_class
 from .metrics import TaskMetrics
 from .queue_depth import QueueDepthPoller, start_queue_depth
@@ -50,6 +54,12 @@ class Instrumentation:
         self.settings = ObsSettings.resolve(self.keywords, environ)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = TaskMetrics(self.registry, self.settings)
+        # The worker's scrape-time collectors (worker state, queue depth) live in
+        # a registry of their own, seen through ``registry``; the exporter renders
+        # the task metrics with the fast renderer and this one with prometheus_client.
+        self.extra_registry = CollectorRegistry()
+        self.registry.register(_RegistryView(self.extra_registry))
+        self._own_registry = registry is None
         self.hooks = TaskHooks(app, self.metrics, self.settings)
         self.exporter: Exporter | None = None
         # Read when the settings are resolved, so that a bad file stops start-up.
@@ -118,13 +128,13 @@ class Instrumentation:
             self.settings.const_labels,
             on_error=lambda exc: self.hooks.fail("collect", exc),
         )
-        self.registry.register(collector)
+        self.extra_registry.register(collector)
         self._worker_collector = collector
         if self.settings.queue_depth:
             try:
                 self._queue_depth = start_queue_depth(
                     self.app,
-                    self.registry,
+                    self.extra_registry,
                     self.settings,
                     consumed_queues=lambda: _consumed_queues(worker),
                     on_error=lambda exc: self.hooks.fail("collect", exc),
@@ -158,9 +168,20 @@ class Instrumentation:
             self.exporter.stop()
             self.exporter = None
         if self._worker_collector is not None:
-            self.registry.unregister(self._worker_collector)
+            self.extra_registry.unregister(self._worker_collector)
             self._worker_collector = None
         self.consumer_running = False
+
+    def renderer(self) -> Callable[[str], tuple[bytes, str]] | None:
+        """The exporter's fast ``/metrics`` renderer, or ``None`` to use the registry as is.
+
+        Only when this instrumentation owns its registry: a registry passed in
+        may hold the application's own metrics, which the renderer would miss.
+        """
+        collectors = self.metrics.collectors
+        if not self._own_registry or not supported(collectors):
+            return None
+        return make_renderer(TaskExposition(collectors), self.extra_registry)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         hostname = getattr(self.worker, "hostname", None)
@@ -168,6 +189,16 @@ class Instrumentation:
             "consumer_running": self.consumer_running,
             "hostname": hostname,
         }
+
+
+class _RegistryView(Collector):
+    """Exposes another registry's metrics through the one it is registered on."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
 
 
 def _consumed_queues(worker: Any) -> list[str]:

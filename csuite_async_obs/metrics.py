@@ -321,9 +321,10 @@ class TaskMetrics:
         self._children: dict[tuple[str, str], TaskSeries] = {}
         self._children_lock = threading.Lock()
 
-    def unregister(self) -> None:
-        """Remove every metric of this object from its registry."""
-        for metric in (
+    @property
+    def collectors(self) -> tuple[Counter | Histogram, ...]:
+        """Every metric object of this instance, in exposition order."""
+        return (
             self.sent,
             self.received,
             self.started,
@@ -339,7 +340,11 @@ class TaskMetrics:
             self.worker_lost,
             self.errors,
             self.overflow,
-        ):
+        )
+
+    def unregister(self) -> None:
+        """Remove every metric of this object from its registry."""
+        for metric in self.collectors:
             self.registry.unregister(metric)
 
     def _guard(self, label: str, limit: int) -> LabelGuard:

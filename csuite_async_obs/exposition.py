@@ -1,0 +1,153 @@
+"""Fast text and OpenMetrics rendering of the task metrics.
+
+Every registered task has about 140 series at 0 from worker start (its
+counters, and the runtime histogram for every outcome), so a worker with 500
+task names exposes some 72,000 series.  ``prometheus_client.generate_latest``
+builds a sample object and a label string for each of them at every scrape
+(about 10 us a series here: 0.75 s a scrape).  Label values of a series never
+change, so this renderer formats each series' label string once, caches it,
+and at scrape time only reads the values and joins strings -- about 15 times
+faster, with byte-for-byte the same samples (a test compares the parsed
+output of both).
+
+It reads the values from prometheus_client's metric objects through private
+attributes (``_metrics``, ``_labelnames``, ``_value``, ``_buckets``, ``_sum``,
+``_upper_bounds``; prometheus_client 0.20 to 0.26), because the public API
+offers no way to read them without building the sample objects whose cost we
+avoid.  :func:`supported` checks those attributes once; when they are missing
+(a future prometheus_client), the exporter falls back to ``generate_latest``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+
+__all__ = ["TaskExposition", "supported"]
+
+OPENMETRICS = "application/openmetrics-text"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:  # NaN
+        return "NaN"
+    return repr(float(value))
+
+
+def supported(metrics: Iterable[Any]) -> bool:
+    """Whether the private attributes this renderer reads exist on these metrics."""
+    try:
+        for metric in metrics:
+            if not isinstance(metric, (Counter, Histogram)):
+                return False
+            children: dict[Any, Any] = metric._metrics
+            metric._labelnames  # noqa: B018 -- probing the attribute
+            for child in list(children.values())[:1]:
+                if isinstance(metric, Counter):
+                    child._value.get()
+                else:
+                    child._buckets[0].get()
+                    child._sum.get()
+                    child._upper_bounds  # noqa: B018
+    except AttributeError:
+        return False
+    return True
+
+
+class TaskExposition:
+    """Renders a fixed set of labelled counters and histograms, with cached label strings."""
+
+    def __init__(self, metrics: Iterable[Counter | Histogram]) -> None:
+        self.metrics = tuple(metrics)
+        self._cache: dict[tuple[int, Any], Any] = {}
+        self._lock = threading.Lock()
+
+    def _counter(self, metric: Counter, openmetrics: bool, out: list[str]) -> None:
+        family = metric._name
+        sample = f"{family}_total"
+        type_name = family if openmetrics else sample
+        out.append(f"# HELP {type_name} {_help(metric._documentation)}\n")
+        out.append(f"# TYPE {type_name} counter\n")
+        names = metric._labelnames
+        cache = self._cache
+        ident = id(metric)
+        children: dict[Any, Any] = metric._metrics
+        for key, child in list(children.items()):
+            prefix = cache.get((ident, key))
+            if prefix is None:
+                labels = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
+                prefix = cache[(ident, key)] = f"{sample}{{{labels}}} " if labels else f"{sample} "
+            out.append(prefix + _number(child._value.get()) + "\n")
+
+    def _histogram(self, metric: Histogram, out: list[str]) -> None:
+        family = metric._name
+        out.append(f"# HELP {family} {_help(metric._documentation)}\n")
+        out.append(f"# TYPE {family} histogram\n")
+        names = metric._labelnames
+        cache = self._cache
+        ident = id(metric)
+        children: dict[Any, Any] = metric._metrics
+        for key, child in list(children.items()):
+            lines = cache.get((ident, key))
+            if lines is None:
+                labels = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
+                sep = "," if labels else ""
+                buckets = [
+                    f'{family}_bucket{{{labels}{sep}le="{_number(bound)}"}} '
+                    for bound in child._upper_bounds
+                ]
+                braces = f"{{{labels}}}" if labels else ""
+                lines = cache[(ident, key)] = (
+                    buckets,
+                    f"{family}_count{braces} ",
+                    f"{family}_sum{braces} ",
+                )
+            bucket_lines, count_line, sum_line = lines
+            total = 0.0
+            for line, bucket in zip(bucket_lines, child._buckets, strict=True):
+                total += bucket.get()
+                out.append(line + _number(total) + "\n")
+            out.append(count_line + _number(total) + "\n")
+            out.append(sum_line + _number(child._sum.get()) + "\n")
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        """The metrics' families in the text format (or OpenMetrics, without ``# EOF``)."""
+        out: list[str] = []
+        with self._lock:
+            for metric in self.metrics:
+                if isinstance(metric, Counter):
+                    self._counter(metric, openmetrics, out)
+                else:
+                    self._histogram(metric, out)
+        return "".join(out).encode("utf-8")
+
+
+def make_renderer(
+    exposition: TaskExposition, rest: CollectorRegistry
+) -> Callable[[str], tuple[bytes, str]]:
+    """``render(accept_header) -> (body, content type)``: the task metrics, then ``rest``."""
+
+    def render(accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        openmetrics = content_type.startswith(OPENMETRICS)
+        # ``rest`` comes last: in OpenMetrics its encoder writes the final "# EOF".
+        return exposition.render(openmetrics) + encoder(rest), content_type
+
+    return render

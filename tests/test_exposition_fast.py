@@ -1,0 +1,88 @@
+"""The fast renderer gives exactly the samples prometheus_client's own exposition gives."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    disable_created_metrics,
+    enable_created_metrics,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from csuite_async_obs.exposition import TaskExposition, make_renderer, supported
+from csuite_async_obs.metrics import TaskMetrics
+from csuite_async_obs.settings import ObsSettings
+
+
+def _filled() -> tuple[CollectorRegistry, TaskMetrics]:
+    registry = CollectorRegistry()
+    metrics = TaskMetrics(registry, ObsSettings(const_labels=(("team", "core"),)))
+    weird = 'odd "name"\nwith \\ and ✓'
+    for name in ("a.one", "b.two", weird):
+        series = metrics.task(name, "celery")
+        series.received.inc(3)
+        series.runtime["succeeded"].observe(0.02)
+        series.runtime["failed"].observe(7.5)
+        series.runtime["failed"].observe(1e-7)
+        series.queue_wait.observe(12.0)
+        series.failed("ValueError").inc()
+    metrics.task("a.one", "other-queue").time_limit["hard"].inc()
+    metrics.error("collect")
+    return registry, metrics
+
+
+def _samples(families: object) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    out = []
+    for family in families:  # type: ignore[attr-defined]
+        for s in family.samples:
+            out.append((s.name, tuple(sorted(s.labels.items())), s.value))
+    return sorted(out, key=lambda x: (x[0], x[1]))
+
+
+@pytest.fixture(autouse=True)
+def _no_created() -> object:
+    disable_created_metrics()
+    yield
+    enable_created_metrics()
+
+
+def test_text_format_has_the_same_samples() -> None:
+    registry, metrics = _filled()
+    assert supported(metrics.collectors)
+    fast = TaskExposition(metrics.collectors).render(openmetrics=False).decode()
+    slow = generate_latest(registry).decode()
+    assert _samples(parse_text(fast)) == _samples(parse_text(slow))
+    # Second render uses the label cache and still follows the values.
+    metrics.task("a.one", "celery").received.inc()
+    again = _samples(parse_text(TaskExposition(metrics.collectors).render().decode()))
+    assert ("celery_task_received_total", (("name", "a.one"), ("queue_name", "celery"),
+            ("team", "core")), 4.0) in again  # fmt: skip
+
+
+def test_openmetrics_with_the_rest_of_the_registry() -> None:
+    _, metrics = _filled()
+    rest = CollectorRegistry()
+    Gauge("celery_worker_pool_size", "Pool size.", registry=rest).set(4)
+    render = make_renderer(TaskExposition(metrics.collectors), rest)
+    body, content_type = render("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    text = body.decode()
+    assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+    both = CollectorRegistry()
+    for metric in metrics.collectors:
+        both.register(metric)
+    Gauge("celery_worker_pool_size", "Pool size.", registry=both).set(4)
+    assert _samples(parse_om(text)) == _samples(parse_om(generate_openmetrics(both).decode()))
+    body, content_type = render("text/plain")
+    assert content_type.startswith("text/plain")
+    assert math.isclose(
+        sum(v for n, _, v in _samples(parse_text(body.decode())) if n == "celery_worker_pool_size"),
+        4,
+    )
