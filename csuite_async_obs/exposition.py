@@ -5,9 +5,10 @@ counters, and the runtime histogram for every outcome), so a worker with 500
 task names exposes some 72,000 series.  ``prometheus_client.generate_latest``
 builds a sample object and a label string for each of them at every scrape
 (about 10 us a series here: 0.75 s a scrape).  Label values of a series never
-change, so this renderer formats each series' label string once, caches it,
-and at scrape time only reads the values and joins strings -- about 15 times
-faster, with byte-for-byte the same samples (a test compares the parsed
+change, so this renderer formats each series' label string once, caches it
+with the series' last values and text, and at scrape time reads the values and
+re-formats only the series whose values changed (most of them sit at 0) --
+more than ten times faster, with the same samples (a test compares the parsed
 output of both).
 
 It reads the values from prometheus_client's metric objects through private
@@ -90,11 +91,18 @@ class TaskExposition:
         ident = id(metric)
         children: dict[Any, Any] = metric._metrics
         for key, child in list(children.items()):
-            prefix = cache.get((ident, key))
-            if prefix is None:
+            value = child._value.get()
+            entry = cache.get((ident, key))
+            if entry is None:
                 labels = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
-                prefix = cache[(ident, key)] = f"{sample}{{{labels}}} " if labels else f"{sample} "
-            out.append(prefix + _number(child._value.get()) + "\n")
+                prefix = f"{sample}{{{labels}}} " if labels else f"{sample} "
+                entry = cache[(ident, key)] = [prefix, None, ""]
+            elif entry[1] == value:
+                out.append(entry[2])
+                continue
+            entry[1] = value
+            entry[2] = line = entry[0] + _number(value) + "\n"
+            out.append(line)
 
     def _histogram(self, metric: Histogram, out: list[str]) -> None:
         family = metric._name
@@ -105,27 +113,34 @@ class TaskExposition:
         ident = id(metric)
         children: dict[Any, Any] = metric._metrics
         for key, child in list(children.items()):
-            lines = cache.get((ident, key))
-            if lines is None:
+            counts = tuple(bucket.get() for bucket in child._buckets)
+            total_sum = child._sum.get()
+            entry = cache.get((ident, key))
+            if entry is None:
                 labels = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
                 sep = "," if labels else ""
-                buckets = [
+                braces = f"{{{labels}}}" if labels else ""
+                prefixes = [
                     f'{family}_bucket{{{labels}{sep}le="{_number(bound)}"}} '
                     for bound in child._upper_bounds
                 ]
-                braces = f"{{{labels}}}" if labels else ""
-                lines = cache[(ident, key)] = (
-                    buckets,
-                    f"{family}_count{braces} ",
-                    f"{family}_sum{braces} ",
-                )
-            bucket_lines, count_line, sum_line = lines
-            total = 0.0
-            for line, bucket in zip(bucket_lines, child._buckets, strict=True):
-                total += bucket.get()
-                out.append(line + _number(total) + "\n")
-            out.append(count_line + _number(total) + "\n")
-            out.append(sum_line + _number(child._sum.get()) + "\n")
+                prefixes += [f"{family}_count{braces} ", f"{family}_sum{braces} "]
+                entry = cache[(ident, key)] = [prefixes, None, ""]
+            elif entry[1] == (counts, total_sum):
+                # Most series are unchanged between scrapes (many at 0): reuse the text.
+                out.append(entry[2])
+                continue
+            prefixes = entry[0]
+            lines = []
+            running = 0.0
+            for prefix, count in zip(prefixes, counts, strict=False):
+                running += count
+                lines.append(prefix + _number(running) + "\n")
+            lines.append(prefixes[-2] + _number(running) + "\n")
+            lines.append(prefixes[-1] + _number(total_sum) + "\n")
+            entry[1] = (counts, total_sum)
+            entry[2] = chunk = "".join(lines)
+            out.append(chunk)
 
     def render(self, openmetrics: bool = False) -> bytes:
         """The metrics' families in the text format (or OpenMetrics, without ``# EOF``)."""

@@ -59,11 +59,17 @@ def test_text_format_has_the_same_samples() -> None:
     fast = TaskExposition(metrics.collectors).render(openmetrics=False).decode()
     slow = generate_latest(registry).decode()
     assert _samples(parse_text(fast)) == _samples(parse_text(slow))
-    # Second render uses the label cache and still follows the values.
-    metrics.task("a.one", "celery").received.inc()
-    again = _samples(parse_text(TaskExposition(metrics.collectors).render().decode()))
+    # Later renders reuse the cached text of unchanged series and follow every change.
+    exposition = TaskExposition(metrics.collectors)
+    exposition.render()
+    series = metrics.task("a.one", "celery")
+    series.received.inc()
+    series.runtime["succeeded"].observe(3.0)
+    series.queue_wait.observe(0.001)
+    again = exposition.render().decode()
+    assert _samples(parse_text(again)) == _samples(parse_text(generate_latest(registry).decode()))
     assert ("celery_task_received_total", (("name", "a.one"), ("queue_name", "celery"),
-            ("team", "core")), 4.0) in again  # fmt: skip
+            ("team", "core")), 4.0) in _samples(parse_text(again))  # fmt: skip
 
 
 def test_openmetrics_with_the_rest_of_the_registry() -> None:
