@@ -97,7 +97,9 @@ class Instrumentation:
     def reconfigure(self, flags: dict[str, Any]) -> None:
         """Apply ``celery worker`` flags; rebuild the metrics if they change them."""
         settings = ObsSettings.resolve(self.keywords, self._environ, flags)
-        self.security = load_web_config(settings.web_config)
+        if settings.metrics_port:
+            source = "--metrics-web-config" if flags.get("web_config") else "CSUITE_WEB_CONFIG"
+            self.security = load_web_config(settings.web_config, variable=source)
         if settings == self.settings:
             return
         self.settings = settings
@@ -150,13 +152,17 @@ class Instrumentation:
                 health=self.health,
                 authenticate=security.authenticate,
                 ssl_context=security.ssl_context,
+                renderer=self.renderer(),
                 on_error=lambda exc: self.hooks.fail("exporter", exc),
                 log_format=self.settings.log_format,
             )
             if self.exporter is not None:
+                scheme = "https" if security.tls else "http"
+                host = _url_host(self.exporter.address)
                 self.hooks.log.info(
                     "metrics_exporter_started",
-                    url=f"http://{_url_host(self.exporter.address)}:{self.exporter.port}/metrics",
+                    url=f"{scheme}://{host}:{self.exporter.port}/metrics",
+                    basic_auth=security.basic_auth,
                     pid=os.getpid(),
                 )
 

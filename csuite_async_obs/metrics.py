@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 
 from .settings import ObsSettings
 
@@ -241,6 +241,41 @@ INSTRUMENTATION_HOOKS = (
 )
 
 
+_VALUE_CLASS_LOCK = threading.Lock()
+
+
+class _InMemory:
+    """Mixin: the metric keeps its values in this process's memory, always.
+
+    prometheus_client (0.20 to 0.26 at least) gives every metric of a process
+    file-backed values when ``PROMETHEUS_MULTIPROC_DIR`` is set as it is
+    imported (``prometheus_client.values.ValueClass``, read when a child is
+    created).  These metrics are served by this process only, so they never use
+    files: an unwritable or deleted directory cannot stop a worker, and nothing
+    is left on disk.  Other metrics of the process keep the mode chosen for them.
+    """
+
+    def _metric_init(self) -> None:
+        if values.ValueClass is values.MutexValue:
+            super()._metric_init()  # type: ignore[misc]
+            return
+        with _VALUE_CLASS_LOCK:
+            chosen = values.ValueClass
+            values.ValueClass = values.MutexValue
+            try:
+                super()._metric_init()  # type: ignore[misc]
+            finally:
+                values.ValueClass = chosen
+
+
+class _Counter(_InMemory, Counter):
+    pass
+
+
+class _Histogram(_InMemory, Histogram):
+    pass
+
+
 def _base(name: str) -> str:
     """prometheus_client adds ``_total`` to counters itself."""
     return name[: -len("_total")] if name.endswith("_total") else name
@@ -288,11 +323,11 @@ class TaskMetrics:
 
         def counter(name: str) -> Counter:
             spec = SPECS[name]
-            return Counter(_base(name), spec.help, labels(spec.labels), registry=registry)
+            return _Counter(_base(name), spec.help, labels(spec.labels), registry=registry)
 
         def histogram(name: str, buckets: Iterable[float]) -> Histogram:
             spec = SPECS[name]
-            return Histogram(
+            return _Histogram(
                 name, spec.help, labels(spec.labels), buckets=tuple(buckets), registry=registry
             )
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from csuite_async_obs.redis_server import free_port
 from csuite_async_obs.testing import Samples, scrape
 
@@ -167,7 +169,8 @@ class Worker:
         def ready() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+                # pytest.fail is not an Exception: wait_for does not swallow it.
+                pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log()[-4000:]}")
             return http_status(self.url + "/healthz") == 200
 
         try:
