@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable
@@ -115,13 +116,20 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
         aa_thr = _find(ab, "plain", pool).get("throughput_ratio") or {}
         if thr:
             noise_lo = min(aa_thr.get("lo") or aa_thr.get("value") or 1.0, 0.98)
-            ok = (thr.get("hi") or thr["value"]) >= 1.0 or thr["value"] >= noise_lo
+            inside = (thr.get("hi") or thr["value"]) >= 1.0
+            ok = inside or thr["value"] >= noise_lo
+            note = ""
+            if ok and not inside:
+                note = (
+                    "the interval excludes zero: a small real loss, mirroring the CPU cost, "
+                    "inside the A/A band"
+                )
             goals.append(
                 {
                     "goal": f"case 2: no throughput loss beyond the noise ({pool})",
                     "measured": f"throughput {_interval(thr)} (A/A {_interval(aa_thr)})",
                     "verdict": "met" if ok else "missed",
-                    "why": ""
+                    "why": note
                     if ok
                     else "see the CPU cost above: a pinned worker's throughput follows its CPU per task",
                     "fix": "",
@@ -143,7 +151,12 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
             f"{last['body_bytes'] / 2**20:.1f} MiB"
         )
         met = lat["median"] <= 50 and lat["p99"] <= 50
-        verdict = "met" if met else f"missed: {lat['median'] / 50:.1f}x the budget"
+        if met:
+            verdict = "met"
+        elif lat["median"] <= 50:
+            verdict = f"met on the median; p99 is {lat['p99'] - 50:.0f} ms over"
+        else:
+            verdict = f"missed: median {lat['median'] / 50:.1f}x the budget"
         if restarts < 10_000:
             verdict += f" (measured up to {restarts:,} restarts; see the churn table)"
         per_series_us = lat["median"] * 1e3 / max(1, last["series"]["total"])
@@ -154,19 +167,27 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
             per_pair = (names[-1]["series"]["task"] - names[0]["series"]["task"]) / (
                 names[-1]["names"] - names[0]["names"]
             )
+        lats = [r["latency_ms"]["median"] for r in churn]
+        flat = max(lats) <= 1.25 * min(lats)
         why = fix = ""
         if not met:
             why = (
-                f"the exposition has {last['series']['total']:,} series "
-                f"({_num(per_pair, '{:.0f}')} per task name and queue, all created at zero); "
-                f"rendering costs {per_series_us:.1f} us per series; churn does not change it "
-                f"(no per-child state)"
+                f"{last['series']['total']:,} series ({_num(per_pair, '{:.0f}')} per task name "
+                f"and queue, all created at zero), {last['body_bytes'] / 2**20:.1f} MiB a scrape, "
+                f"{per_series_us:.2f} us per series; "
+                + (
+                    "churn does not change it (no per-child state); "
+                    if flat
+                    else "latency moved with churn: see the churn table; "
+                )
+                + f"the worker spends {last['worker_cpu_ms_per_scrape']:.0f} ms of CPU per scrape, so "
+                "the median is the render itself and the tail above it is waiting for one of the "
+                "two shared cores"
             )
             fix = (
-                "fewer series per task: create the runtime histogram's rarely used states "
-                "(retried, rejected, revoked, ignored) on first use instead of at zero, and "
-                "fewer default buckets; and/or render from a cache of pre-formatted label "
-                "strings (only values change between scrapes)"
+                "fewer series per task, for a smaller body and render: create the runtime "
+                "histogram's rarely used states (retried, rejected, revoked, ignored) on first "
+                "use instead of at zero, and fewer default buckets"
             )
         goals.append(
             {"goal": goal, "measured": measured, "verdict": verdict, "why": why, "fix": fix}
@@ -291,10 +312,17 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
         if contains_zero(sl):
             verdict, why, fix = "met", "", ""
         elif late and contains_zero(late):
+            pts = mem["samples"]["package"]
+            steps = [
+                f"{b['tasks']:,}"
+                for a, b in itertools.pairwise(pts[1:])
+                if b["main_mib"] > a["main_mib"]
+            ]
             verdict = "missed over the whole soak; flat over its second half"
             why = (
-                f"{growth:+.2f} MiB in steps early in the soak, then none: a bounded warm-up "
-                "(allocator arenas, caches filling), not state kept per task"
+                f"{growth:+.2f} MiB in {len(steps)} step(s) of the allocator (at "
+                f"{', '.join(steps)} tasks), flat over the second half: it looks like a "
+                "bounded warm-up, not state kept per task, but 100,000 tasks cannot prove it"
             )
             fix = "a longer soak to show the plateau; or pre-size what fills during warm-up"
         else:
@@ -892,14 +920,16 @@ def charts(results: dict[str, Any], out: Path) -> None:
                     x, v, width, color=colours[case], label=CASE_TITLES[case] if j == 0 else None
                 )
                 axis.errorbar(x, v, yerr=[[v - lo], [hi - v]], color="black", capsize=3)
-                axis.annotate(
-                    f"{v:+.1f}%",
-                    (x, max(v, 0)),
-                    textcoords="offset points",
-                    xytext=(0, 3),
-                    ha="center",
-                    fontsize=7,
-                )
+                # The small bars are labelled in the zoom only.
+                if axis is zoom or case not in ("plain", "hooks", "package"):
+                    axis.annotate(
+                        f"{v:+.1f}%",
+                        (x, max(v, 0)),
+                        textcoords="offset points",
+                        xytext=(0, 3),
+                        ha="center",
+                        fontsize=7,
+                    )
         axis.axhline(0, color="black", linewidth=0.8)
         axis.axhline(3, color="#2a9d8f", linestyle="--", linewidth=1, label="goal for case 2: +3%")
         axis.set_xticks(range(len(pools)))
@@ -924,18 +954,32 @@ def charts(results: dict[str, Any], out: Path) -> None:
         ax1.plot(counts, [r["latency_ms"]["p99"] for r in names], "s--", label="p99")
         ax1.set_xscale("log")
         ax1.set_yscale("log")
-    ax1.axhline(50, color="red", linestyle=":", label="goal 50 ms")
+    ax1.axhline(50, color="black", linestyle="--", linewidth=0.8, label="goal 50 ms")
     ax1.set_xlabel("task names")
     ax1.set_ylabel("/metrics latency (ms)")
     ax1.set_title("Scrape latency vs task names")
     ax1.legend(fontsize=8)
-    churn = [r for r in scrape.get("by_churn", []) if "latency_ms" in r]
-    if churn:
+    long = results.get("scrape_long") or {}
+    series = [("", [r for r in scrape.get("by_churn", []) if "latency_ms" in r])]
+    if long.get("same_package"):
+        series.append((" (separate run)", [r for r in long["by_churn"] if "latency_ms" in r]))
+    for suffix, churn in series:
+        if not churn:
+            continue
         restarts = [max(1, r["restarts"]) for r in churn]
-        ax2.plot(restarts, [r["latency_ms"]["median"] for r in churn], "o-", label="median")
-        ax2.plot(restarts, [r["latency_ms"]["p99"] for r in churn], "s--", label="p99")
+        dash = ":" if suffix else "-"
+        ax2.plot(
+            restarts,
+            [r["latency_ms"]["median"] for r in churn],
+            "o" + dash,
+            label="median" + suffix,
+        )
+        ax2.plot(
+            restarts, [r["latency_ms"]["p99"] for r in churn], "s" + dash, label="p99" + suffix
+        )
         ax2.set_xscale("log")
-    ax2.axhline(50, color="red", linestyle=":", label="goal 50 ms")
+    ax2.set_ylim(bottom=0)
+    ax2.axhline(50, color="black", linestyle="--", linewidth=0.8, label="goal 50 ms")
     ax2.set_xlabel("child restarts (0 plotted at 1)")
     ax2.set_title("Scrape latency vs churn (500 names, -c 4)")
     ax2.legend(fontsize=8)

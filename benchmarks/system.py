@@ -1,11 +1,12 @@
 """What the benchmarks read from Linux: CPU time and RSS of process trees, core pinning.
 
-CPU time is ``utime + stime`` from ``/proc/<pid>/stat`` (every thread of a
-process, living or exited) summed over a worker's main process and its pool
-children, plus the main process's ``cutime + cstime`` (children it has already
-reaped, e.g. after ``--max-tasks-per-child``).  The unit is the clock tick
-(10 ms); a measured window holds seconds of CPU, so the quantisation stays
-well below 1%.
+CPU time of a worker's tree (main process and pool children) is read two
+ways: the nanosecond run time of every thread (``/proc/<pid>/task/<tid>/schedstat``),
+exact as long as no thread or process of the tree exits in between, and
+``utime + stime`` from ``/proc/<pid>/stat`` (every thread of a process, living
+or exited) plus the main process's ``cutime + cstime`` (children it has already
+reaped, e.g. after ``--max-tasks-per-child``), in 10 ms clock ticks.
+:func:`cpu_between` uses the first when it can.
 """
 
 from __future__ import annotations
