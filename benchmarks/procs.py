@@ -50,11 +50,14 @@ def wait_for(
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s (last error: {last!r})")
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes, float]:
-    """GET ``url``: status, body and the seconds it took."""
+def http_get(
+    url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, float]:
+    """GET ``url``: status, body (as sent: not decompressed) and the seconds it took."""
     start = time.perf_counter()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read()
             status = int(response.status)
     except urllib.error.HTTPError as exc:

@@ -65,6 +65,25 @@ CASE_TITLES = {
 # --------------------------------------------------------------------------- goals
 
 
+def _scrape_row(r: dict[str, Any], names: str, restarts: str) -> list[str]:
+    """One row of the scrape table (plain and gzip latency, size, series, worker CPU)."""
+    if "latency_ms" not in r:
+        return [names, restarts, f"not measured: {r.get('error')}", "", "", "", "", "", ""]
+    gz = r.get("latency_gzip_ms") or {}
+    gz_kib = f" ({r['body_gzip_bytes'] / 1024:,.0f})" if "body_gzip_bytes" in r else ""
+    return [
+        names,
+        restarts,
+        f"{r['latency_ms']['median']:.1f}",
+        f"{r['latency_ms']['p99']:.1f}",
+        _num(gz.get("median"), "{:.1f}"),
+        _num(gz.get("p99"), "{:.1f}"),
+        f"{r['body_bytes'] / 1024:,.0f}{gz_kib}",
+        f"{r['series']['total']:,}",
+        f"{r['worker_cpu_ms_per_scrape']:.1f}",
+    ]
+
+
 def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
     """Each goal of the issue: measured value, met or missed, and if missed why and the fix."""
     goals: list[dict[str, str]] = []
@@ -141,12 +160,16 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
     goal = "/metrics <= 50 ms with 500 task names x 4 children after 10,000 child restarts"
     if churn:
         last = churn[-1]
-        lat = last["latency_ms"]
+        # Judged on the slower of the plain and the gzip scrape (Prometheus asks for gzip).
+        gz = last.get("latency_gzip_ms") or {}
+        lat = {k: max(last["latency_ms"][k], gz.get(k, 0.0)) for k in ("median", "p99")}
         first = churn[0]
         restarts = last["restarts"]
         source = f" (separate run: {last['source']})" if "source" in last else ""
         measured = (
-            f"median {lat['median']:.0f} ms, p99 {lat['p99']:.0f} ms after {restarts:,} restarts{source} "
+            f"median {last['latency_ms']['median']:.0f} ms, p99 {last['latency_ms']['p99']:.0f} ms "
+            f"(gzip: {_num(gz.get('median'), '{:.0f}')} / {_num(gz.get('p99'), '{:.0f}')} ms) "
+            f"after {restarts:,} restarts{source} "
             f"({first['latency_ms']['median']:.0f} ms at 0); {last['series']['total']:,} series, "
             f"{last['body_bytes'] / 2**20:.1f} MiB"
         )
@@ -661,61 +684,18 @@ def markdown(results: dict[str, Any]) -> str:
         "## Scrape cost: `/metrics` against task names and child churn (prefork -c 4)",
         "",
     ]
-    rows = []
-    for r in scrape.get("by_names", []):
-        if "latency_ms" not in r:
-            rows.append([str(r["names"]), "0", f"not measured: {r.get('error')}", "", "", "", ""])
-            continue
-        rows.append(
-            [
-                str(r["names"]),
-                "0",
-                f"{r['latency_ms']['median']:.1f}",
-                f"{r['latency_ms']['p99']:.1f}",
-                f"{r['body_bytes'] / 1024:,.0f}",
-                f"{r['series']['total']:,}",
-                f"{r['worker_cpu_ms_per_scrape']:.1f}",
-            ]
-        )
-    for r in scrape.get("by_churn", [])[1:]:
-        if "latency_ms" not in r:
-            rows.append(
-                [
-                    str(scrape.get("churn_names", 500)),
-                    f"{r['restarts']:,}",
-                    f"not measured: {r.get('error')}",
-                    "",
-                    "",
-                    "",
-                    "",
-                ]
-            )
-            continue
-        rows.append(
-            [
-                str(r["names"]) if "names" in r else str(scrape.get("churn_names", 500)),
-                f"{r['restarts']:,}",
-                f"{r['latency_ms']['median']:.1f}",
-                f"{r['latency_ms']['p99']:.1f}",
-                f"{r['body_bytes'] / 1024:,.0f}",
-                f"{r['series']['total']:,}",
-                f"{r['worker_cpu_ms_per_scrape']:.1f}",
-            ]
-        )
     long = results.get("scrape_long") or {}
-    for r in long.get("by_churn", [])[1:]:
-        if "latency_ms" in r:
-            rows.append(
-                [
-                    str(long.get("churn_names", 500)),
-                    f"{r['restarts']:,} (separate run*)",
-                    f"{r['latency_ms']['median']:.1f}",
-                    f"{r['latency_ms']['p99']:.1f}",
-                    f"{r['body_bytes'] / 1024:,.0f}",
-                    f"{r['series']['total']:,}",
-                    f"{r['worker_cpu_ms_per_scrape']:.1f}",
-                ]
-            )
+    churn_names = str(scrape.get("churn_names", 500))
+    rows = [_scrape_row(r, str(r["names"]), "0") for r in scrape.get("by_names", [])]
+    rows += [
+        _scrape_row(r, str(r.get("names", churn_names)), f"{r['restarts']:,}")
+        for r in scrape.get("by_churn", [])[1:]
+    ]
+    rows += [
+        _scrape_row(r, str(long.get("churn_names", 500)), f"{r['restarts']:,} (separate run*)")
+        for r in long.get("by_churn", [])[1:]
+        if "latency_ms" in r
+    ]
     if rows:
         lines += _table(
             [
@@ -723,7 +703,9 @@ def markdown(results: dict[str, Any]) -> str:
                 "child restarts",
                 "median ms",
                 "p99 ms",
-                "body KiB",
+                "gzip median ms",
+                "gzip p99 ms",
+                "body KiB (gzip)",
                 "series",
                 "worker CPU ms/scrape",
             ],

@@ -66,6 +66,16 @@ def measure_scrapes(worker: WorkerProc, scrapes: int) -> dict[str, Any]:
             raise RuntimeError(f"/metrics answered {status}")
         latencies.append(seconds)
     cpu1 = tree_cpu(worker.pid, pids).cpu
+    # As Prometheus asks for it: compressed (the worker gzips at level 1).
+    gzipped = []
+    compressed = b""
+    for _ in range(scrapes):
+        status, compressed, seconds = http_get(
+            worker.metrics_url, timeout=30, headers={"Accept-Encoding": "gzip"}
+        )
+        if status != 200:
+            raise RuntimeError(f"/metrics (gzip) answered {status}")
+        gzipped.append(seconds)
     try:
         fds = len(os.listdir(f"/proc/{worker.pid}/fd"))
     except OSError:
@@ -77,7 +87,12 @@ def measure_scrapes(worker: WorkerProc, scrapes: int) -> dict[str, Any]:
             "p99": percentile(latencies, 99) * 1e3,
             "max": max(latencies) * 1e3,
         },
+        "latency_gzip_ms": {
+            "median": statistics.median(gzipped) * 1e3,
+            "p99": percentile(gzipped, 99) * 1e3,
+        },
         "body_bytes": len(body),
+        "body_gzip_bytes": len(compressed),
         "series": count_series(body),
         "worker_cpu_ms_per_scrape": (cpu1 - cpu0) / scrapes * 1e3,
         "main_rss_mib": rss_bytes(worker.pid) / 2**20,

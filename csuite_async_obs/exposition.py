@@ -13,7 +13,8 @@ output of both).
 
 It reads the values from prometheus_client's metric objects through private
 attributes (``_metrics``, ``_labelnames``, ``_value``, ``_buckets``, ``_sum``,
-``_upper_bounds``; prometheus_client 0.20 to 0.26), because the public API
+``_upper_bounds``, and the float ``_value`` of each in-memory value;
+prometheus_client 0.20 to 0.26), because the public API
 offers no way to read them without building the sample objects whose cost we
 avoid.  :func:`supported` checks those attributes once; when they are missing
 (a future prometheus_client), the exporter falls back to ``generate_latest``.
@@ -62,11 +63,12 @@ def supported(metrics: Iterable[Any]) -> bool:
             metric._labelnames  # noqa: B018 -- probing the attribute
             for child in list(children.values())[:1]:
                 if isinstance(metric, Counter):
-                    child._value.get()
+                    values = [child._value]
                 else:
-                    child._buckets[0].get()
-                    child._sum.get()
+                    values = [*child._buckets, child._sum]
                     child._upper_bounds  # noqa: B018
+                if not all(isinstance(value._value, float) for value in values):
+                    return False
     except AttributeError:
         return False
     return True
@@ -77,45 +79,52 @@ class TaskExposition:
 
     def __init__(self, metrics: Iterable[Counter | Histogram]) -> None:
         self.metrics = tuple(metrics)
-        self._cache: dict[tuple[int, Any], Any] = {}
+        # Per metric: label values -> [prefix(es), last values, last text].
+        self._cache: dict[int, dict[Any, list[Any]]] = {}
         self._lock = threading.Lock()
 
-    def _counter(self, metric: Counter, openmetrics: bool, out: list[str]) -> None:
+    def _counter(self, metric: Counter, openmetrics: bool, out: list[bytes]) -> None:
         family = metric._name
         sample = f"{family}_total"
         type_name = family if openmetrics else sample
-        out.append(f"# HELP {type_name} {_help(metric._documentation)}\n")
-        out.append(f"# TYPE {type_name} counter\n")
+        out.append(
+            f"# HELP {type_name} {_help(metric._documentation)}\n"
+            f"# TYPE {type_name} counter\n".encode()
+        )
         names = metric._labelnames
-        cache = self._cache
-        ident = id(metric)
+        cache = self._cache.setdefault(id(metric), {})
+        append = out.append
         children: dict[Any, Any] = metric._metrics
         for key, child in list(children.items()):
-            value = child._value.get()
-            entry = cache.get((ident, key))
+            value = child._value._value
+            entry = cache.get(key)
             if entry is None:
                 labels = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
                 prefix = f"{sample}{{{labels}}} " if labels else f"{sample} "
-                entry = cache[(ident, key)] = [prefix, None, ""]
+                entry = cache[key] = [prefix, None, b""]
             elif entry[1] == value:
-                out.append(entry[2])
+                append(entry[2])
                 continue
             entry[1] = value
-            entry[2] = line = entry[0] + _number(value) + "\n"
-            out.append(line)
+            entry[2] = line = (entry[0] + _number(value) + "\n").encode()
+            append(line)
 
-    def _histogram(self, metric: Histogram, out: list[str]) -> None:
+    def _histogram(self, metric: Histogram, out: list[bytes]) -> None:
         family = metric._name
-        out.append(f"# HELP {family} {_help(metric._documentation)}\n")
-        out.append(f"# TYPE {family} histogram\n")
+        out.append(
+            f"# HELP {family} {_help(metric._documentation)}\n# TYPE {family} histogram\n".encode()
+        )
         names = metric._labelnames
-        cache = self._cache
-        ident = id(metric)
+        cache = self._cache.setdefault(id(metric), {})
+        append = out.append
         children: dict[Any, Any] = metric._metrics
         for key, child in list(children.items()):
-            counts = tuple(bucket.get() for bucket in child._buckets)
-            total_sum = child._sum.get()
-            entry = cache.get((ident, key))
+            # The floats themselves, not .get(): a value's lock buys nothing here
+            # (a scrape is never a consistent cut across values anyway), and a
+            # lock round trip per bucket was most of the render.
+            counts = [bucket._value for bucket in child._buckets]
+            counts.append(child._sum._value)
+            entry = cache.get(key)
             if entry is None:
                 labels = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
                 sep = "," if labels else ""
@@ -125,33 +134,33 @@ class TaskExposition:
                     for bound in child._upper_bounds
                 ]
                 prefixes += [f"{family}_count{braces} ", f"{family}_sum{braces} "]
-                entry = cache[(ident, key)] = [prefixes, None, ""]
-            elif entry[1] == (counts, total_sum):
+                entry = cache[key] = [prefixes, None, b""]
+            elif entry[1] == counts:
                 # Most series are unchanged between scrapes (many at 0): reuse the text.
-                out.append(entry[2])
+                append(entry[2])
                 continue
             prefixes = entry[0]
             lines = []
             running = 0.0
-            for prefix, count in zip(prefixes, counts, strict=False):
+            for prefix, count in zip(prefixes, counts[:-1], strict=False):
                 running += count
                 lines.append(prefix + _number(running) + "\n")
             lines.append(prefixes[-2] + _number(running) + "\n")
-            lines.append(prefixes[-1] + _number(total_sum) + "\n")
-            entry[1] = (counts, total_sum)
-            entry[2] = chunk = "".join(lines)
-            out.append(chunk)
+            lines.append(prefixes[-1] + _number(counts[-1]) + "\n")
+            entry[1] = counts
+            entry[2] = chunk = "".join(lines).encode()
+            append(chunk)
 
     def render(self, openmetrics: bool = False) -> bytes:
         """The metrics' families in the text format (or OpenMetrics, without ``# EOF``)."""
-        out: list[str] = []
+        out: list[bytes] = []
         with self._lock:
             for metric in self.metrics:
                 if isinstance(metric, Counter):
                     self._counter(metric, openmetrics, out)
                 else:
                     self._histogram(metric, out)
-        return "".join(out).encode("utf-8")
+        return b"".join(out)
 
 
 def make_renderer(
