@@ -16,12 +16,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from csuite_async_obs.redis_server import free_port
+from csuite_async_obs.testing import wait_for
 
 from .apps import BENCH_QUEUE
 from .broker import Broker
@@ -31,23 +30,6 @@ __all__ = ["CASES", "Case", "Flower", "Scraper", "WorkerProc", "http_get", "wait
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
-) -> Any:
-    """Poll ``predicate`` until it is truthy; raise ``TimeoutError`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 -- retried until the deadline
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s (last error: {last!r})")
 
 
 def http_get(

@@ -48,7 +48,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -65,7 +64,7 @@ from csuite_async_obs import (  # noqa: E402 -- after the path set-up above
     reset_celery_app,
 )
 from csuite_async_obs.redis_server import RedisServer, free_port  # noqa: E402
-from csuite_async_obs.testing import Samples  # noqa: E402
+from csuite_async_obs.testing import Samples, wait_for  # noqa: E402
 
 TASK = "soak.noop"
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "soak_memory"
@@ -121,20 +120,6 @@ def slope_per_1000(points: list[tuple[float, float]]) -> float | None:
 
 
 # ----------------------------------------------------------------------------- the run
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 -- retried until the deadline
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})")
 
 
 def scrape(url: str) -> Samples:

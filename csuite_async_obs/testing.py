@@ -7,14 +7,16 @@ assert samples.value("celery_task_succeeded_total", name="app.add", queue_name="
 
 from __future__ import annotations
 
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Samples", "sample_value", "scrape"]
+__all__ = ["Samples", "sample_value", "scrape", "wait_for"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,29 @@ def scrape(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
 def sample_value(registry: CollectorRegistry, metric: str, /, **labels: str) -> float | None:
     """``registry.get_sample_value`` with keyword labels."""
     return registry.get_sample_value(metric, labels)
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    message: str = "condition",
+    interval: float = 0.05,
+) -> Any:
+    """Poll until ``predicate()`` is truthy and return its value.
+
+    Exceptions from ``predicate`` count as "not yet" (a server still starting);
+    at the deadline :class:`TimeoutError` names ``message`` and the last one.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 -- retried until the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(
+        f"timed out after {timeout:.0f}s waiting for {message} (last error: {last_exc!r})"
+    )

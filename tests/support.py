@@ -7,42 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from csuite_async_obs.redis_server import free_port
-from csuite_async_obs.testing import Samples, scrape
+from csuite_async_obs.testing import Samples, scrape, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-
-
-def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float = 30.0,
-    interval: float = 0.05,
-    message: str = "condition",
-) -> Any:
-    """Poll until ``predicate()`` is truthy; fail with ``message`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 -- retried until the deadline
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {message} (last error: {last_exc!r})"
-    )
 
 
 def http_status(url: str, timeout: float = 2.0) -> int:
@@ -175,7 +150,7 @@ class Worker:
 
         try:
             wait_for(ready, timeout, message=f"worker {self.hostname} /healthz")
-        except AssertionError as exc:
+        except TimeoutError as exc:
             raise AssertionError(f"{exc}\n--- worker log ---\n{self.log()[-4000:]}") from None
 
     def scrape(self) -> Samples:

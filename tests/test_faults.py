@@ -484,7 +484,7 @@ class _Poller(threading.Thread):
         """On a failed wait, say what the scrapes saw and what the worker logged."""
         try:
             yield
-        except AssertionError as exc:
+        except (AssertionError, TimeoutError) as exc:
             raise AssertionError(
                 f"{exc}; last scrapes (when, consumer_up): {self.answers[-5:]}; "
                 f"failures: {self.failures[-5:]}\n{worker.log()[-3000:]}"
