@@ -576,6 +576,15 @@ def markdown(results: dict[str, Any]) -> str:
         ],
         rows,
     )
+    if any(comp["task"] != "noop" for comp in results.get("ab", [])):
+        lines += [
+            "",
+            "On the sleeping tasks the cost to look at is throughput: a task that sleeps "
+            "costs wall time, not CPU, so the CPU per task of both workers grows little and "
+            "the CPU ratio stays that of the per-task work (with fewer tasks per round, hence "
+            "wider intervals), while the package's share of each task's wall time shrinks "
+            "with the sleep.",
+        ]
 
     hook = results.get("hookpath") or {}
     lines += ["", "## Hook path in-process (the cost floor without worker noise)", ""]

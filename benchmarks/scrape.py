@@ -205,7 +205,7 @@ def run_churn(
         wait_for(
             lambda: broker.pending(worker.db) == 0,
             timeout=max(600.0, batch * 1.0),
-            what=f"{batch} tasks through --max-tasks-per-child 1",
+            message=f"{batch} tasks through --max-tasks-per-child 1",
             interval=0.5,
         )
         _idle(worker)
