@@ -16,7 +16,8 @@ workload:
 
 The rules are a copy with shortened windows and ``for`` (see
 :func:`short_rules`); thresholds are the real ones.  The table of incident,
-alert and time to fire is written into alerts/README.md.
+alert and time to fire is checked against alerts/README.md, and written into
+it when ``CSUITE_UPDATE_DOCS=1``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from .test_dashboards import committed, label_values, substitute, targets, varia
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = (ROOT / "alerts" / "recording.rules.yml", ROOT / "alerts" / "alerts.rules.yml")
 README = ROOT / "alerts" / "README.md"
+#: Set to 1 to rewrite alerts/README.md's incident table with this run's times.
+UPDATE_DOCS = "CSUITE_UPDATE_DOCS"
 BEGIN, END = "<!-- incident-table:begin -->", "<!-- incident-table:end -->"
 
 JOB = "celery-workers"
@@ -211,7 +214,7 @@ def wait_until_fired(prom: PrometheusServer, expected: list[Expectation], *,
 
 
 def write_table(report: Report, workers: Mapping[str, str]) -> str:
-    """Write the incident table into alerts/README.md; ``workers`` names the instances."""
+    """Check (or write) alerts/README.md's incident table; ``workers`` names the instances."""
     lines = [
         BEGIN,
         "| incident | alert | labels | time to fire |",
@@ -231,9 +234,25 @@ def write_table(report: Report, workers: Mapping[str, str]) -> str:
     lines.append(END)
     text = README.read_text()
     head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(head + "\n".join(lines) + tail)
+    committed_table, tail = rest.split(END, 1)
+    if os.environ.get(UPDATE_DOCS) == "1":
+        README.write_text(head + "\n".join(lines) + tail)
+    else:
+        # A test run leaves the checkout as it found it; the committed table
+        # must still list exactly the incidents, alerts and labels that fired.
+        assert _table_keys(committed_table) == _table_keys("\n".join(lines)), (
+            f"alerts/README.md's incident table is stale: run with {UPDATE_DOCS}=1"
+        )
     return "\n".join(lines)
+
+
+def _table_keys(text: str) -> list[str]:
+    """The table's rows without their time column (it varies from run to run)."""
+    return [
+        "|".join(line.split("|")[:-2])
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| ---")
+    ]
 
 
 # --------------------------------------------------------------------------- queries
