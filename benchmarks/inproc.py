@@ -210,10 +210,15 @@ def hookpath(raw_message: str, tasks: int, blocks: int) -> dict[str, Any]:
     empty = per_call(lambda: None)
     breakdown = {
         "loop and call overhead (subtracted below)": empty,
-        "counter inc (x3 per task: received, started, succeeded)": per_call(series.received.inc)
+        "counter inc (x3 per task: received, started, succeeded)": per_call(series.inc_received)
         - empty,
         "histogram observe (x2 per task: queue wait, runtime)": per_call(
-            lambda: series.runtime["succeeded"].observe(1e-5)
+            lambda: series.observe_runtime["succeeded"](1e-5)
+        )
+        - empty,
+        "for scale: prometheus_client's public inc()": per_call(series.received.inc) - empty,
+        "for scale: prometheus_client's public observe(), a 10 s queue wait": per_call(
+            lambda: series.queue_wait.observe(10.0)
         )
         - empty,
         "series look-up (hooks.series, once per task)": per_call(lambda: hooks.series(probe))

@@ -229,7 +229,7 @@ class InstrumentedRequestMixin(Request):
         hooks = self._csuite_hooks
         try:
             series = self._csuite_series = hooks.series(self)
-            series.received.inc()
+            series.inc_received()
             if hooks.task_log:
                 hooks.event("task_received", self, series)
         except Exception as exc:  # noqa: BLE001
@@ -240,14 +240,14 @@ class InstrumentedRequestMixin(Request):
         hooks = self._csuite_hooks
         try:
             series = self._csuite_series or hooks.series(self)
-            series.started.inc()
+            series.inc_started()
             headers = self.request_dict
             ready_at = headers.get(DUE_AT_HEADER) or headers.get(PUBLISHED_AT_HEADER)
             if isinstance(ready_at, (int, float)) and self.time_start:
                 # Clock skew between publisher and worker can make this negative.
-                series.queue_wait.observe(max(0.0, self.time_start - ready_at))
+                series.observe_wait(max(0.0, self.time_start - ready_at))
             else:
-                series.queue_wait_unmeasured.inc()
+                series.inc_wait_unmeasured()
             if hooks.task_log:
                 hooks.event("task_started", self, series, pid=pid)
         except Exception as exc:  # noqa: BLE001
@@ -280,7 +280,7 @@ class InstrumentedRequestMixin(Request):
         hooks = self._csuite_hooks
         series = self._csuite_series or hooks.series(self)
         if state == "succeeded":
-            series.succeeded.inc()
+            series.inc_succeeded()
         elif state == "failed":
             series.failed(exception or "Exception").inc()
         elif state == "retried":
@@ -290,7 +290,7 @@ class InstrumentedRequestMixin(Request):
         if runtime is None and self.time_start:
             runtime = max(0.0, time.time() - self.time_start)
         if runtime is not None:
-            series.runtime[state].observe(runtime)
+            series.observe_runtime[state](runtime)
         if hooks.task_log:
             fields: dict[str, Any] = {"state": state, "runtime": runtime}
             if exception:

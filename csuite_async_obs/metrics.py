@@ -13,8 +13,11 @@ update, and bounds label values with :class:`LabelGuard`.
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
@@ -276,6 +279,46 @@ class _Histogram(_InMemory, Histogram):
     pass
 
 
+def _incrementer(child: Counter) -> Callable[[], None]:
+    """``child.inc()`` for the per-task hot path: the in-memory value's own locked
+    ``inc(1)``, bound once, without prometheus_client's per-call checks (a labelled
+    child is always observable, and 1 is never negative).  Falls back to the
+    public ``inc`` when the private attribute is not what we expect."""
+    value = getattr(child, "_value", None)
+    if isinstance(value, values.MutexValue):
+        return functools.partial(value.inc, 1)
+    return child.inc
+
+
+def _observer(child: Histogram) -> Callable[[float], None]:
+    """``child.observe`` for the per-task hot path, with the same effect (sum,
+    then the first bucket whose bound is >= the amount; NaN in no bucket) but a
+    binary search instead of a Python loop over the bounds: a long queue wait
+    walked every bucket.  Falls back to the public ``observe``."""
+    try:
+        bounds = tuple(child._upper_bounds)
+        incs = tuple(bucket.inc for bucket in child._buckets)
+        sum_value = child._sum
+    except AttributeError:
+        return child.observe
+    if (
+        not isinstance(sum_value, values.MutexValue)
+        or not all(isinstance(bucket, values.MutexValue) for bucket in child._buckets)
+        or len(bounds) != len(incs)
+        or not bounds
+        or bounds[-1] != math.inf
+    ):
+        return child.observe
+    sum_inc = sum_value.inc
+
+    def observe(amount: float) -> None:
+        sum_inc(amount)
+        if amount == amount:
+            incs[bisect_left(bounds, amount)](1)
+
+    return observe
+
+
 def _base(name: str) -> str:
     """prometheus_client adds ``_total`` to counters itself."""
     return name[: -len("_total")] if name.endswith("_total") else name
@@ -421,7 +464,13 @@ class TaskSeries:
 
     __slots__ = (
         "_metrics",
+        "inc_received",
+        "inc_started",
+        "inc_succeeded",
+        "inc_wait_unmeasured",
         "name",
+        "observe_runtime",
+        "observe_wait",
         "queue",
         "queue_wait",
         "queue_wait_unmeasured",
@@ -458,6 +507,13 @@ class TaskSeries:
             kind: metrics.time_limit.labels(name, queue, kind, *const) for kind in TIME_LIMIT_KINDS
         }
         self.worker_lost = metrics.worker_lost.labels(name, queue, *const)
+        # What every task does, bound once (see _incrementer and _observer).
+        self.inc_received = _incrementer(self.received)
+        self.inc_started = _incrementer(self.started)
+        self.inc_succeeded = _incrementer(self.succeeded)
+        self.inc_wait_unmeasured = _incrementer(self.queue_wait_unmeasured)
+        self.observe_wait = _observer(self.queue_wait)
+        self.observe_runtime = {state: _observer(child) for state, child in self.runtime.items()}
 
     def failed(self, exception: str) -> Counter:
         return self._metrics.failed_child(self, exception)
