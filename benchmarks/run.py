@@ -156,7 +156,16 @@ def _git() -> str:
             timeout=10,
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"],
+            # What the runs write themselves does not make a checkout dirty.
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--",
+                ".",
+                ":!benchmarks/results",
+                ":!benchmarks/README.md",
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
