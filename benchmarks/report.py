@@ -84,6 +84,13 @@ def _scrape_row(r: dict[str, Any], names: str, restarts: str) -> list[str]:
     ]
 
 
+def _not_measured(
+    goal: str, why: str, fix: str = "", measured: str = "not measured"
+) -> dict[str, str]:
+    """A goals-table row for a goal whose measurement did not run or failed."""
+    return {"goal": goal, "measured": measured, "verdict": "not measured", "why": why, "fix": fix}
+
+
 def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
     """Each goal of the issue: measured value, met or missed, and if missed why and the fix."""
     goals: list[dict[str, str]] = []
@@ -95,15 +102,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
         iv = comp.get("cpu_ratio")
         if not iv:
             reason = comp.get("error") or "; ".join(comp.get("notes", [])) or "not run"
-            goals.append(
-                {
-                    "goal": goal,
-                    "measured": "not measured",
-                    "verdict": "not measured",
-                    "why": reason,
-                    "fix": "run the full suite",
-                }
-            )
+            goals.append(_not_measured(goal, reason, fix="run the full suite"))
             continue
         events = _find(ab, "events", pool).get("cpu_ratio") or {}
         aa = _find(ab, "plain", pool).get("cpu_ratio") or {}
@@ -234,15 +233,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
     else:
-        goals.append(
-            {
-                "goal": goal,
-                "measured": "not measured",
-                "verdict": "not measured",
-                "why": _reason(scrape),
-                "fix": "",
-            }
-        )
+        goals.append(_not_measured(goal, _reason(scrape)))
 
     qd = results.get("queuedepth") or {}
     goal = "200 queues x 4 priority steps in one round trip, <= 5 ms on loopback"
@@ -272,15 +263,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
     else:
-        goals.append(
-            {
-                "goal": goal,
-                "measured": "not available",
-                "verdict": "not measured",
-                "why": qd.get("reason") or _reason(qd),
-                "fix": "",
-            }
-        )
+        goals.append(_not_measured(goal, qd.get("reason") or _reason(qd), measured="not available"))
 
     pub = results.get("publish") or {}
     goal = "delay_task publish hook <= 20 us per call"
@@ -302,15 +285,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
     else:
-        goals.append(
-            {
-                "goal": goal,
-                "measured": "not measured",
-                "verdict": "not measured",
-                "why": _reason(mem_pub or pub),
-                "fix": "",
-            }
-        )
+        goals.append(_not_measured(goal, _reason(mem_pub or pub)))
 
     mem = results.get("memory") or {}
     if "exporter_rss_cost_mib" in mem:
@@ -370,13 +345,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, str]]:
         )
     else:
         goals.append(
-            {
-                "goal": "exporter <= +15 MiB RSS; flat RSS over 100,000 tasks",
-                "measured": "not measured",
-                "verdict": "not measured",
-                "why": _reason(mem),
-                "fix": "",
-            }
+            _not_measured("exporter <= +15 MiB RSS; flat RSS over 100,000 tasks", _reason(mem))
         )
     return goals
 

@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.system import children as pool_children  # noqa: E402
 from csuite_async_obs import (  # noqa: E402 -- after the path set-up above
     CelerySettings,
     async_task,
@@ -86,23 +87,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (the pool processes of a worker)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command (field 2) may hold spaces and parentheses; ppid is field 4.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return sorted(found)
 
 
 def slope_per_1000(points: list[tuple[float, float]]) -> float | None:
@@ -209,7 +193,7 @@ def run(
         )
 
         def sample(done: int, note: str = "") -> None:
-            children = child_pids(worker.pid)
+            children = sorted(pool_children(worker.pid))
             entry: dict[str, Any] = {
                 "tasks": done,
                 "note": note,
