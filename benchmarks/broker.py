@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from csuite_async_obs.redis_server import RedisServer
+from csuite_async_obs.servers.redis_server import RedisServer
 
 from .apps import BENCH_QUEUE
 

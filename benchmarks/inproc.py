@@ -326,7 +326,9 @@ def publish(calls: int, block: int) -> dict[str, Any]:
 
 def queuedepth(broker_url: str, queues: int, polls: int, raw_message: str) -> dict[str, Any]:
     try:
-        from csuite_async_obs import queue_depth
+        from csuite_async_obs.queue_depth import poller as queue_poller
+        from csuite_async_obs.queue_depth import readers as queue_readers
+        from csuite_async_obs.queue_depth import selection as queue_selection
     except ImportError as exc:
         return {"available": False, "reason": f"csuite_async_obs.queue_depth missing: {exc}"}
     import redis
@@ -351,8 +353,8 @@ def queuedepth(broker_url: str, queues: int, polls: int, raw_message: str) -> di
                 if j == 0 or i % 4 == 0:
                     pipe.lpush(key, *([stamp] * (1 + i % 7)))
         pipe.execute()
-    selection = queue_depth.QueueSelection(names=tuple(names), limit=queues)
-    poller = queue_depth.QueueDepthPoller(app, selection, interval=3600, timeout=5.0)
+    selection = queue_selection.QueueSelection(names=tuple(names), limit=queues)
+    poller = queue_poller.QueueDepthPoller(app, selection, interval=3600, timeout=5.0)
     walls: list[float] = []
     reads: list[float] = []
     trips: list[int] = []
@@ -369,7 +371,7 @@ def queuedepth(broker_url: str, queues: int, polls: int, raw_message: str) -> di
     poller.stop()
     # The poller reads on its I/O thread and cProfile follows one thread: profile
     # the poller's reader class called directly (connected by a first read).
-    reader = queue_depth.BrokerReader(app, timeout=5.0)
+    reader = queue_readers.open_reader(app, timeout=5.0)
     reader.read(names)
     shares, _ = profile_shares(lambda: [reader.read(names) for _ in range(5)])
     reader.close()

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from csuite_async_obs.redis_server import free_port
+from csuite_async_obs.servers.redis_server import free_port
 from csuite_async_obs.testing import wait_for
 
 from .apps import BENCH_QUEUE

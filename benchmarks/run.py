@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from csuite_async_obs.redis_server import RedisServer
+from csuite_async_obs.servers.redis_server import RedisServer
 
 from .ab import Comparison, Item, RoundResult, run_pool
 from .broker import Broker

@@ -64,7 +64,7 @@ from csuite_async_obs import (  # noqa: E402 -- after the path set-up above
     get_celery_app,
     reset_celery_app,
 )
-from csuite_async_obs.redis_server import RedisServer, free_port  # noqa: E402
+from csuite_async_obs.servers.redis_server import RedisServer, free_port  # noqa: E402
 from csuite_async_obs.testing import Samples, wait_for  # noqa: E402
 
 TASK = "soak.noop"

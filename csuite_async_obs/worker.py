@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from .settings import ConfigError
-from .task_api import get_celery_app
+from .config.errors import ConfigError
+from .task_api.app import get_celery_app
 
 try:
     app = celery_app = get_celery_app()
-except ConfigError as exc:
+except ConfigError as exc:  # imported outside the celery command
     print(f"csuite-async-obs: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from csuite_async_obs.redis_server import RedisServer
+from csuite_async_obs.servers.redis_server import RedisServer
 
 from .support import Worker, base_env
 

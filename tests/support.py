@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from csuite_async_obs.redis_server import free_port
+from csuite_async_obs.servers.redis_server import free_port
 from csuite_async_obs.testing import Samples, scrape, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

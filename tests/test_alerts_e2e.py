@@ -37,11 +37,11 @@ import pytest
 import redis
 import yaml
 
-from csuite_async_obs.instrument import instrumentation_for
-from csuite_async_obs.prometheus_server import PrometheusServer
-from csuite_async_obs.redis_server import RedisServer
-from csuite_async_obs.settings import CelerySettings
-from csuite_async_obs.task_api import create_celery_app
+from csuite_async_obs.config.celery_settings import CelerySettings
+from csuite_async_obs.instrumentation.instrument import instrumentation_for
+from csuite_async_obs.servers.prometheus_server import PrometheusServer
+from csuite_async_obs.servers.redis_server import RedisServer
+from csuite_async_obs.task_api.app import create_celery_app
 
 from .support import Worker, wait_for
 from .test_dashboards import committed, label_values, substitute, targets, variable_queries

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from csuite_async_obs.redis_server import free_port
+from csuite_async_obs.servers.redis_server import free_port
 
 from .support import ROOT, wait_for
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from csuite_async_obs.metrics import METRICS
+from csuite_async_obs.metrics.catalog import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"

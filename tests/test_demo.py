@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from csuite_async_obs.redis_server import free_port
+from csuite_async_obs.servers.redis_server import free_port
 from csuite_async_obs.testing import scrape
 
 from .support import alive, children_of, wait_for

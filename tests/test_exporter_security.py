@@ -31,9 +31,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 
 from csuite_async_obs import ConfigError, wait_for_task
-from csuite_async_obs.exporter import Exporter, start_exporter
+from csuite_async_obs.http.server import Exporter, start_exporter
+from csuite_async_obs.http.webconfig import load_web_config
 from csuite_async_obs.testing import Samples
-from csuite_async_obs.webconfig import load_web_config
 
 from . import worker_tasks as t
 from .support import wait_for

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from csuite_async_obs import wait_for_task
-from csuite_async_obs.metrics import METRICS
+from csuite_async_obs.metrics.catalog import METRICS
 
 from . import worker_tasks as t
 from .support import http_status, wait_for
@@ -68,7 +68,7 @@ def test_openmetrics_gzip_and_paths(workers: Any) -> None:
 def test_healthz_follows_the_consumer_through_a_broker_outage(
     worker_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from csuite_async_obs.redis_server import RedisServer
+    from csuite_async_obs.servers.redis_server import RedisServer
 
     from .support import Worker
 

@@ -16,9 +16,10 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from csuite_async_obs.exposition import TaskExposition, make_renderer, supported
-from csuite_async_obs.metrics import TaskMetrics
-from csuite_async_obs.settings import ObsSettings
+from csuite_async_obs import compat
+from csuite_async_obs.config.options import ObsSettings
+from csuite_async_obs.metrics.exposition import TaskExposition, make_renderer
+from csuite_async_obs.metrics.task_metrics import TaskMetrics
 
 
 def _filled() -> tuple[CollectorRegistry, TaskMetrics]:
@@ -46,21 +47,31 @@ def _samples(families: object) -> list[tuple[str, tuple[tuple[str, str], ...], f
     return sorted(out, key=lambda x: (x[0], x[1]))
 
 
-@pytest.fixture(autouse=True)
-def _no_created() -> object:
+@pytest.fixture(autouse=True, params=["private", "fallback"])
+def _no_created(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> object:
+    # Both paths of every prometheus_client shim: private attributes, and the
+    # public collect() as if they were missing.
+    if request.param == "fallback":
+        monkeypatch.setenv(compat.FORCE_VARIABLE, "all")
+    else:
+        monkeypatch.delenv(compat.FORCE_VARIABLE, raising=False)
+    compat.reset_paths()
+    expected = "private" if request.param == "private" else "fallback (forced)"
+    assert compat.path_report()["family_internals"] == expected
     disable_created_metrics()
     yield
     enable_created_metrics()
+    monkeypatch.delenv(compat.FORCE_VARIABLE, raising=False)
+    compat.reset_paths()
 
 
 def test_text_format_has_the_same_samples() -> None:
     registry, metrics = _filled()
-    assert supported(metrics.collectors)
-    fast = TaskExposition(metrics.collectors).render(openmetrics=False).decode()
+    fast = TaskExposition(metrics.families).render(openmetrics=False).decode()
     slow = generate_latest(registry).decode()
     assert _samples(parse_text(fast)) == _samples(parse_text(slow))
     # Later renders reuse the cached text of unchanged series and follow every change.
-    exposition = TaskExposition(metrics.collectors)
+    exposition = TaskExposition(metrics.families)
     exposition.render()
     series = metrics.task("a.one", "celery")
     series.received.inc()
@@ -76,7 +87,7 @@ def test_openmetrics_with_the_rest_of_the_registry() -> None:
     _, metrics = _filled()
     rest = CollectorRegistry()
     Gauge("celery_worker_pool_size", "Pool size.", registry=rest).set(4)
-    render = make_renderer(TaskExposition(metrics.collectors), rest)
+    render = make_renderer(TaskExposition(metrics.families), rest)
     body, content_type = render("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     text = body.decode()

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from csuite_async_obs.redis_server import free_port
+from csuite_async_obs.servers.redis_server import free_port
 from csuite_async_obs.testing import Samples
 
 from .support import ROOT, base_env, wait_for

@@ -31,7 +31,7 @@ from prometheus_client.openmetrics.parser import (
 )
 
 from csuite_async_obs import wait_for_task
-from csuite_async_obs.redis_server import RedisServer, free_port
+from csuite_async_obs.servers.redis_server import RedisServer, free_port
 from csuite_async_obs.testing import Samples, scrape
 
 from . import worker_tasks as t

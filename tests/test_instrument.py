@@ -14,8 +14,8 @@ from celery.contrib.testing.worker import start_worker
 from prometheus_client import CollectorRegistry
 
 from csuite_async_obs import instrument, wait_for_task
-from csuite_async_obs.metrics import LabelGuard, TaskMetrics
-from csuite_async_obs.settings import ObsSettings
+from csuite_async_obs.config.options import ObsSettings
+from csuite_async_obs.metrics.task_metrics import LabelGuard, TaskMetrics
 
 from . import worker_tasks as t
 

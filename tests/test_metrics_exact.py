@@ -12,7 +12,7 @@ import redis
 from celery.result import AsyncResult
 
 from csuite_async_obs import get_celery_app, wait_for_task
-from csuite_async_obs.metrics import OUTCOME_STATES
+from csuite_async_obs.metrics.catalog import OUTCOME_STATES
 
 from . import worker_tasks as t
 from .support import wait_for

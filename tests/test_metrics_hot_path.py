@@ -7,8 +7,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from csuite_async_obs.metrics import TaskMetrics
-from csuite_async_obs.settings import ObsSettings
+from csuite_async_obs.config.options import ObsSettings
+from csuite_async_obs.metrics.task_metrics import TaskMetrics
 
 # Every kind of amount: on a bound, between bounds, below the first, above the
 # last finite bound, infinite, zero, negative (clock skew is clamped upstream,

@@ -31,18 +31,15 @@ from csuite_async_obs import (
     get_celery_app,
     wait_for_task,
 )
-from csuite_async_obs.exporter import Exporter
-from csuite_async_obs.hooks import PUBLISHED_AT_HEADER
-from csuite_async_obs.instrument import instrumentation_for
-from csuite_async_obs.queue_depth import (
-    BrokerReader,
-    QueueDepthPoller,
-    QueueSelection,
-    Reading,
-    start_queue_depth,
-)
-from csuite_async_obs.redis_server import RedisServer
-from csuite_async_obs.standalone import run_standalone_exporter
+from csuite_async_obs.http.server import Exporter
+from csuite_async_obs.instrumentation.instrument import instrumentation_for
+from csuite_async_obs.protocol import PUBLISHED_AT_HEADER
+from csuite_async_obs.queue_depth.poller import QueueDepthPoller, start_queue_depth
+from csuite_async_obs.queue_depth.readers import open_reader
+from csuite_async_obs.queue_depth.reading import BrokerReader, Reading
+from csuite_async_obs.queue_depth.selection import QueueSelection
+from csuite_async_obs.queue_depth.standalone import run_standalone_exporter
+from csuite_async_obs.servers.redis_server import RedisServer
 from csuite_async_obs.testing import Samples, sample_value, scrape
 
 from . import worker_tasks as t
@@ -494,7 +491,7 @@ def test_script_and_pipeline_read_the_same_truth(
         assert lengths["qd.eq.mixed"] == len(MIXED) - 1
 
         for each in (app, restricted):
-            reader = BrokerReader(each, timeout=10.0)
+            reader = open_reader(each, timeout=10.0)
             readers.append(reader)
             first = reader.read(queues)
             # A server that lost its scripts (restart, SCRIPT FLUSH) costs one
@@ -722,7 +719,7 @@ def test_standalone_stops_cleanly_on_sigterm(redis_server: RedisServer, tmp_path
     code = (
         "import sys\n"
         "from csuite_async_obs import ObsSettings, create_celery_app\n"
-        "from csuite_async_obs.standalone import run_standalone_exporter\n"
+        "from csuite_async_obs.queue_depth.standalone import run_standalone_exporter\n"
         "app = create_celery_app()\n"
         "def ready(exporter, poller):\n"
         f"    open({str(port_file)!r}, 'w').write(str(exporter.port))\n"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from csuite_async_obs.redis_server import free_port
+from csuite_async_obs.servers.redis_server import free_port
 from csuite_async_obs.testing import Samples, scrape
 
 from . import worker_tasks as t

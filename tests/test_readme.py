@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from csuite_async_obs.docs import metrics_table, options_table
+from csuite_async_obs.cli.reference import metrics_table, options_table
 
 from .support import ROOT
 

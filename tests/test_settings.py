@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from csuite_async_obs.settings import CelerySettings, ConfigError, ObsSettings
+from csuite_async_obs import CelerySettings, ConfigError, ObsSettings
 
 from .support import ROOT, base_env
 

@@ -18,7 +18,7 @@ from csuite_async_obs import (
     get_task_result,
     wait_for_task,
 )
-from csuite_async_obs.redis_server import RedisServer, free_port
+from csuite_async_obs.servers.redis_server import RedisServer, free_port
 
 from . import worker_tasks as t
 

@@ -1,0 +1,5 @@
+"""``python -m csuite_async_obs.cli``."""
+
+from .main import main
+
+main()

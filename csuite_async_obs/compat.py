@@ -1,0 +1,632 @@
+"""Every reliance on a private attribute or on version-specific behaviour of a library.
+
+The package is imported into existing workers, on whatever Celery, kombu,
+billiard, redis-py and prometheus_client they run.  Whatever it reads that those
+libraries do not promise lives here, and nowhere else, as a :class:`Shim`: what
+it reads, the versions it was checked on, and the public fallback used when the
+private path is not there.  A probe decides once per process, at first use,
+which path each shim takes; :func:`log_paths` logs the decision once (the
+worker calls it at start-up); ``/healthz`` does not change with it.
+
+Behaviour that differs between versions but needs no private attribute (Celery
+reporting a hard time limit twice, Reject's final state) is listed in
+:data:`BEHAVIOURS` with where it is handled, so that it is tested on every
+supported version instead of assumed from the newest.
+
+``CSUITE_COMPAT_FALLBACKS`` (``all``, or shim names separated by commas) forces
+fallbacks, as if the private attribute were missing.  It exists for the tests
+that prove each fallback exact; a deployment has no reason to set it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import math
+import os
+import sys
+import threading
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BEHAVIOURS",
+    "FORCE_VARIABLE",
+    "SHIMS",
+    "Behaviour",
+    "RedisLayout",
+    "Shim",
+    "counter_incrementer",
+    "counter_values",
+    "histogram_observer",
+    "histogram_values",
+    "in_memory_values",
+    "install_result_backend",
+    "loading_celery_app",
+    "log_paths",
+    "path_report",
+    "redis_layout",
+    "request_cancelled",
+    "uses_private",
+    "worker_task_counts",
+]
+
+FORCE_VARIABLE = "CSUITE_COMPAT_FALLBACKS"
+_VALUE_CLASS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Shim:
+    """One reliance on something a library does not promise."""
+
+    name: str
+    library: str
+    checked: str
+    private: str
+    fallback: str
+    probe: Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """A difference between supported versions, handled in code on every version."""
+
+    name: str
+    versions: str
+    difference: str
+    handled: str
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def _memory_metric(make: Callable[[], Any]) -> Any:
+    """Build a probe's metric with in-memory values: with ``PROMETHEUS_MULTIPROC_DIR``
+    set, prometheus_client would give it a file (and the probe a wrong answer)."""
+    from prometheus_client import values
+
+    chosen = getattr(values, "ValueClass", None)
+    if chosen is None or chosen is getattr(values, "MutexValue", None):
+        return make()
+    with _VALUE_CLASS_LOCK:
+        values.ValueClass = values.MutexValue
+        try:
+            return make()
+        finally:
+            values.ValueClass = chosen
+
+
+def _probe_counter_value() -> bool:
+    from prometheus_client import CollectorRegistry, Counter, values
+
+    child = _memory_metric(
+        lambda: Counter("probe", "probe", ["l"], registry=CollectorRegistry()).labels("x")
+    )
+    value = getattr(child, "_value", None)
+    return isinstance(value, values.MutexValue) and isinstance(
+        getattr(value, "_value", None), float
+    )
+
+
+def _probe_histogram_internals() -> bool:
+    from prometheus_client import CollectorRegistry, Histogram, values
+
+    child = _memory_metric(
+        lambda: Histogram(
+            "probe", "probe", ["l"], buckets=(1.0,), registry=CollectorRegistry()
+        ).labels("x")
+    )
+    try:
+        bounds = list(child._upper_bounds)
+        buckets = list(child._buckets)
+        total = child._sum
+    except AttributeError:
+        return False
+    return (
+        len(bounds) == len(buckets) == 2
+        and bounds[-1] == math.inf
+        and all(isinstance(v, values.MutexValue) for v in (*buckets, total))
+        and all(isinstance(getattr(v, "_value", None), float) for v in (*buckets, total))
+    )
+
+
+def _probe_family_internals() -> bool:
+    from prometheus_client import CollectorRegistry, Counter
+
+    metric = Counter("probe", "help", ["l"], registry=CollectorRegistry())
+    child = _memory_metric(lambda: metric.labels("x"))
+    children = getattr(metric, "_metrics", None)
+    return isinstance(children, dict) and list(children.items()) == [(("x",), child)]
+
+
+def _probe_value_class() -> bool:
+    from prometheus_client import values
+
+    return hasattr(values, "ValueClass") and hasattr(values, "MutexValue")
+
+
+def _probe_scheduled_requests() -> bool:
+    from celery.worker import state
+
+    return isinstance(getattr(state, "scheduled_requests", None), (set, dict))
+
+
+def _probe_announce_revoked() -> bool:
+    from celery.worker.request import Request
+
+    method = getattr(Request, "_announce_revoked", None)
+    if method is None:
+        return False
+    params = list(inspect.signature(method).parameters)
+    return params == ["self", "reason", "terminated", "signum", "expired"]
+
+
+def _probe_cancel_flags() -> bool:
+    from celery.worker.request import Request
+
+    return all(
+        hasattr(Request, attr) or attr in getattr(Request, "__slots__", ())
+        for attr in ("_already_revoked", "_already_cancelled")
+    )
+
+
+def _probe_redis_channel() -> bool:
+    try:
+        from kombu.transport.redis import Channel
+    except ImportError:  # pragma: no cover -- redis is a dependency
+        return False
+    needed = ("global_keyprefix", "priority_steps", "sep", "unacked_key", "keyprefix_queue")
+    return all(hasattr(Channel, attr) for attr in needed) and hasattr(Channel, "_q_for_pri")
+
+
+def _probe_find_app_frame() -> bool:
+    from celery.app import utils
+
+    return callable(getattr(utils, "find_app", None))
+
+
+SHIMS: dict[str, Shim] = {
+    shim.name: shim
+    for shim in (
+        Shim(
+            "counter_value",
+            "prometheus_client",
+            "0.20.0, 0.22.1, 0.23.1",
+            "a labelled Counter child's _value (values.MutexValue), whose inc(1) is bound "
+            "once per series: half the per-task cost of the public inc()",
+            "Counter.inc()",
+            _probe_counter_value,
+        ),
+        Shim(
+            "histogram_internals",
+            "prometheus_client",
+            "0.20.0, 0.22.1, 0.23.1",
+            "a Histogram child's _upper_bounds, _buckets and _sum, for a binary-search "
+            "observe and for reading the values without building samples",
+            "Histogram.observe() and Histogram.collect()",
+            _probe_histogram_internals,
+        ),
+        Shim(
+            "family_internals",
+            "prometheus_client",
+            "0.20.0, 0.22.1, 0.23.1",
+            "a metric's _metrics (its labelled children), read by the fast exposition",
+            "the metric's collect() samples",
+            _probe_family_internals,
+        ),
+        Shim(
+            "value_class",
+            "prometheus_client",
+            "0.20.0, 0.22.1, 0.23.1",
+            "values.ValueClass, swapped for values.MutexValue while a package metric is "
+            "built, so that PROMETHEUS_MULTIPROC_DIR never makes it file-backed",
+            "the value class prometheus_client chose (in memory unless "
+            "PROMETHEUS_MULTIPROC_DIR is set; logged)",
+            _probe_value_class,
+        ),
+        Shim(
+            "scheduled_requests",
+            "celery",
+            "5.7.0 (absent in 5.4.0, 5.5.3, 5.6.3)",
+            "celery.worker.state.scheduled_requests: ETA/countdown requests the worker holds",
+            "the Request objects waiting in the consumer's timer queue (kombu's public "
+            "Timer.queue), as `celery inspect scheduled` lists them",
+            _probe_scheduled_requests,
+        ),
+        Shim(
+            "announce_revoked",
+            "celery",
+            "5.4.0, 5.5.3, 5.6.3, 5.7.0",
+            "Request._announce_revoked(reason, terminated, signum, expired), the one place "
+            "every revocation (revoked, expired, terminated) passes through",
+            "the task_revoked signal, de-duplicated by task id",
+            _probe_announce_revoked,
+        ),
+        Shim(
+            "cancel_flags",
+            "celery",
+            "5.4.0, 5.5.3, 5.6.3, 5.7.0",
+            "Request._already_revoked and _already_cancelled, which tell a child stopped "
+            "on purpose from one that died",
+            "the package's own record of revocations",
+            _probe_cancel_flags,
+        ),
+        Shim(
+            "redis_channel",
+            "kombu",
+            "5.4.0, 5.5.4, 5.6.2",
+            "the Redis channel's global_keyprefix, priority_steps, sep, unacked_key, "
+            "keyprefix_queue and connection pool, to read every priority sub-queue and the "
+            "unacked hash in one script",
+            "a passive queue_declare per queue: exact lengths of non-empty queues (kombu "
+            "answers NOT_FOUND for an empty one, since Redis drops empty lists: it is "
+            "reported unknown, not 0); no ages, no unacked count",
+            _probe_redis_channel,
+        ),
+        Shim(
+            "find_app_frame",
+            "celery",
+            "5.4.0, 5.5.3, 5.6.3, 5.7.0",
+            "a frame of celery.app.utils.find_app on the stack: the celery command is "
+            "loading the -A module",
+            "the process's command is celery (sys.argv[0])",
+            _probe_find_app_frame,
+        ),
+    )
+}
+
+BEHAVIOURS: tuple[Behaviour, ...] = (
+    Behaviour(
+        "hard_time_limit_reported_twice",
+        "celery 5.7 (once on 5.4-5.6 prefork)",
+        "a hard time limit reaches the request through the pool's error callback and on_timeout",
+        "a per-request flag counts it once (instrumentation.request)",
+    ),
+    Behaviour(
+        "reject_final_state",
+        "celery < 5.7 keeps STARTED, 5.7 stores REJECTED",
+        "the result backend's state of a task that raised Reject(requeue=False)",
+        "metrics count it from on_failure on every version; tests wait on the metric",
+    ),
+    Behaviour(
+        "generated_request_on_success",
+        "celery 5.4-5.7",
+        "the Request class Celery generates per task overrides on_success without calling super()",
+        "InstrumentedRequestMixin.__init_subclass__ wraps it",
+    ),
+    Behaviour(
+        "backend_cls_class",
+        "celery 5.7 accepts a class in Celery.backend_cls; 5.4-5.6 evaluate '://' in backend on it",
+        "how an app is given a result backend class of its own",
+        "install_result_backend() passes a 'module:Class' name, accepted by every version",
+    ),
+)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+class _Paths:
+    """The probes' answers, decided once per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._decided: dict[str, str] | None = None
+        self._logged = False
+
+    def decide(self) -> dict[str, str]:
+        decided = self._decided
+        if decided is not None:
+            return decided
+        with self._lock:
+            if self._decided is None:
+                self._decided = self._probe()
+            return self._decided
+
+    def _probe(self) -> dict[str, str]:
+        forced = _forced()
+        result: dict[str, str] = {}
+        for name, shim in SHIMS.items():
+            if name in forced:
+                result[name] = "fallback (forced)"
+                continue
+            try:
+                ok = shim.probe()
+            except Exception:  # noqa: BLE001 -- a probe that breaks means "not available"
+                ok = False
+            result[name] = "private" if ok else "fallback"
+        return result
+
+    def reset(self) -> None:
+        with self._lock:
+            self._decided = None
+            self._logged = False
+
+
+def _forced() -> frozenset[str]:
+    from .config.errors import ConfigError
+
+    raw = os.environ.get(FORCE_VARIABLE, "").strip()
+    if not raw:
+        return frozenset()
+    names = {item.strip() for item in raw.split(",") if item.strip()}
+    if names == {"all"}:
+        return frozenset(SHIMS)
+    unknown = names - set(SHIMS)
+    if unknown:
+        raise ConfigError(FORCE_VARIABLE, raw, "all, or some of " + ", ".join(sorted(SHIMS)))
+    return frozenset(names)
+
+
+_PATHS = _Paths()
+
+
+def uses_private(name: str) -> bool:
+    """Whether shim ``name`` takes its private path in this process."""
+    return _PATHS.decide()[name] == "private"
+
+
+def path_report() -> dict[str, str]:
+    """Every shim's path: ``private``, ``fallback`` or ``fallback (forced)``."""
+    return dict(_PATHS.decide())
+
+
+def reset_paths() -> None:
+    """Probe again at next use (tests that change ``CSUITE_COMPAT_FALLBACKS``)."""
+    _PATHS.reset()
+
+
+def log_paths(log: Any) -> None:
+    """Log once per process which path every shim took, with the library versions."""
+    decided = _PATHS.decide()
+    with _PATHS._lock:
+        if _PATHS._logged:
+            return
+        _PATHS._logged = True
+    fallbacks = sorted(name for name, path in decided.items() if path != "private")
+    log.info(
+        "compat_paths",
+        versions=_versions(),
+        fallbacks=fallbacks or None,
+        private=sorted(name for name, path in decided.items() if path == "private"),
+    )
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str] = {}
+    for dist in ("celery", "kombu", "billiard", "redis", "prometheus-client", "structlog"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+# --------------------------------------------------------------------------- prometheus_client
+
+
+def counter_incrementer(child: Any) -> Callable[[], None]:
+    """``child.inc()`` for the per-task hot path, bound once (shim ``counter_value``)."""
+    if uses_private("counter_value"):
+        value = getattr(child, "_value", None)
+        from prometheus_client import values
+
+        if isinstance(value, values.MutexValue):
+            return functools.partial(value.inc, 1)
+    return child.inc  # type: ignore[no-any-return]
+
+
+def histogram_observer(child: Any) -> Callable[[float], None]:
+    """``child.observe`` with the same effect (sum, then the first bucket whose bound
+    is >= the amount; NaN in no bucket) by binary search (shim ``histogram_internals``)."""
+    if not uses_private("histogram_internals"):
+        return child.observe  # type: ignore[no-any-return]
+    bounds = tuple(child._upper_bounds)
+    incs = tuple(bucket.inc for bucket in child._buckets)
+    sum_inc = child._sum.inc
+
+    def observe(amount: float) -> None:
+        sum_inc(amount)
+        if amount == amount:
+            incs[bisect_left(bounds, amount)](1)
+
+    return observe
+
+
+def in_memory_values(init: Callable[[], None]) -> None:
+    """Run a metric's ``_metric_init`` with in-memory values (shim ``value_class``).
+
+    prometheus_client gives every metric file-backed values when
+    ``PROMETHEUS_MULTIPROC_DIR`` is set as it is imported; the package's metrics
+    are served by the process that owns them, so they never use files.
+    """
+    if not uses_private("value_class"):
+        init()
+        return
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        init()
+        return
+    with _VALUE_CLASS_LOCK:
+        chosen = values.ValueClass
+        values.ValueClass = values.MutexValue
+        try:
+            init()
+        finally:
+            values.ValueClass = chosen
+
+
+def counter_values(metric: Any) -> list[tuple[tuple[str, ...], float]]:
+    """Every child of a labelled Counter: ``(label values, value)``."""
+    if uses_private("family_internals") and uses_private("counter_value"):
+        return [(key, child._value._value) for key, child in list(metric._metrics.items())]
+    out = []
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                out.append((tuple(sample.labels.values()), float(sample.value)))
+    return out
+
+
+def histogram_values(metric: Any) -> list[tuple[tuple[str, ...], list[float]]]:
+    """Every child of a labelled Histogram: ``(label values, [cumulative buckets..., sum])``.
+
+    The buckets are in bound order, the last one ``+Inf`` (so it is the count).
+    """
+    if uses_private("family_internals") and uses_private("histogram_internals"):
+        out = []
+        for key, child in list(metric._metrics.items()):
+            # The floats themselves, not .get(): a lock round trip per bucket was
+            # most of the render, and a scrape is never a consistent cut anyway.
+            counts = list(itertools.accumulate(bucket._value for bucket in child._buckets))
+            counts.append(child._sum._value)
+            out.append((key, counts))
+        return out
+    grouped: dict[tuple[str, ...], list[float]] = {}
+    sums: dict[tuple[str, ...], float] = {}
+    for family in metric.collect():
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k != "le"}
+            key = tuple(labels.values())
+            if sample.name.endswith("_bucket"):
+                grouped.setdefault(key, []).append(float(sample.value))
+            elif sample.name.endswith("_sum"):
+                sums[key] = float(sample.value)
+    return [(key, [*counts, sums.get(key, 0.0)]) for key, counts in grouped.items()]
+
+
+def histogram_bounds(metric: Any, key: tuple[str, ...]) -> list[float]:
+    """The upper bounds of one child's buckets, ``+Inf`` last."""
+    if uses_private("histogram_internals") and uses_private("family_internals"):
+        return list(metric._metrics[key]._upper_bounds)
+    bounds: list[float] = []
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                labels = {k: v for k, v in sample.labels.items() if k != "le"}
+                if tuple(labels.values()) == key:
+                    bounds.append(float(sample.labels["le"]))
+    return bounds
+
+
+# --------------------------------------------------------------------------- Celery worker
+
+
+def worker_task_counts(worker: Any) -> tuple[int, int]:
+    """``(active, prefetched)`` of a running worker, read from Celery's worker state.
+
+    Prefetched: reserved and not started, plus ETA/countdown requests held back
+    (``celery.worker.state.scheduled_requests`` on Celery 5.7, else the
+    consumer's timer queue, shim ``scheduled_requests``).
+    """
+    from celery.worker import state
+
+    active = set(state.active_requests)
+    reserved = sum(1 for r in list(state.reserved_requests) if r not in active)
+    return len(active), reserved + _scheduled_count(worker, state, active)
+
+
+def _scheduled_count(worker: Any, state: Any, active: set[Any]) -> int:
+    if uses_private("scheduled_requests"):
+        return len(state.scheduled_requests)
+    from celery.worker.request import Request
+
+    consumer = worker.consumer
+    if consumer is None or consumer.timer is None:
+        return 0  # not consuming yet: nothing can be scheduled
+    count = 0
+    # kombu's Timer.queue: a sorted snapshot of (eta, priority, entry) tuples;
+    # an ETA request waits as entry.args[0] (what `celery inspect scheduled` reads).
+    for waiting in consumer.timer.schedule.queue:
+        args = waiting.entry.args
+        if args and isinstance(args[0], Request) and args[0] not in active:
+            count += 1
+    return count
+
+
+def request_cancelled(request: Any, revoked_here: bool) -> bool:
+    """Whether the worker stopped this request's child on purpose (revoke, cancel)."""
+    if uses_private("cancel_flags"):
+        return bool(request._already_cancelled or request._already_revoked)
+    return revoked_here
+
+
+# --------------------------------------------------------------------------- Celery app
+
+
+def install_result_backend(app: Any, backend_class: type) -> None:
+    """Make ``app`` build its result backend from ``backend_class``.
+
+    The URL is still read from ``app.conf.result_backend``.  Celery 5.7 takes a
+    class in ``Celery.backend_cls``; 5.4 to 5.6 evaluate ``'://' in backend`` on
+    it, so it is given as the ``module:Class`` name that every version loads.
+    """
+    app.backend_cls = f"{backend_class.__module__}:{backend_class.__qualname__}"
+
+
+def loading_celery_app() -> bool:
+    """Whether this process is the ``celery`` command loading its ``-A`` app now."""
+    if uses_private("find_app_frame"):
+        frame = sys._getframe(1)
+        while frame is not None:
+            if (
+                frame.f_code.co_name == "find_app"
+                and frame.f_globals.get("__name__") == "celery.app.utils"
+            ):
+                return True
+            frame = frame.f_back  # type: ignore[assignment]
+        return False
+    return os.path.basename(sys.argv[0] or "") in ("celery", "__main__.py") and (
+        "celery.bin.celery" in sys.modules
+    )
+
+
+# --------------------------------------------------------------------------- kombu
+
+
+@dataclass(frozen=True)
+class RedisLayout:
+    """Where kombu's Redis transport keeps one virtual host's queues."""
+
+    prefix: str
+    sep: str
+    steps: tuple[int, ...]
+    unacked_key: str
+    binding_prefix: str
+    pool: Any
+
+    def keys(self, queue: str) -> list[str]:
+        """The lists of every priority step of ``queue`` (kombu's ``_q_for_pri``)."""
+        # Step 0 is the bare name, the others "{queue}{sep}{step}"; dict.fromkeys
+        # drops repeated steps, which would otherwise be counted twice.
+        return [
+            self.prefix + (f"{queue}{self.sep}{step}" if step else queue)
+            for step in dict.fromkeys(self.steps)
+        ]
+
+
+def redis_layout(channel: Any) -> RedisLayout | None:
+    """The layout of a kombu Redis channel, or ``None`` (shim ``redis_channel``)."""
+    if not uses_private("redis_channel"):
+        return None
+    try:
+        from kombu.transport.redis import Channel
+    except ImportError:  # pragma: no cover
+        return None
+    if not isinstance(channel, Channel):
+        return None
+    prefix = channel.global_keyprefix or ""
+    return RedisLayout(
+        prefix=prefix,
+        sep=channel.sep,
+        steps=tuple(channel.priority_steps),
+        unacked_key=prefix + channel.unacked_key,
+        binding_prefix=prefix + channel.keyprefix_queue % ("",),
+        pool=channel.pool,
+    )

@@ -1,0 +1,308 @@
+"""The instrumentation's options: one table for keywords, variables, flags and docs.
+
+Each option can be given three ways -- an ``instrument()`` keyword, a
+``CSUITE_*`` environment variable, a ``celery worker`` flag -- and the
+deployment overrides the code (keyword < variable < flag).  :data:`OBS_OPTIONS`
+is the one table that the settings, the worker flags, the standalone
+exporter's flags and the README are built from; defaults live only in
+:class:`ObsSettings` and every help text is given its default from there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+from .parse import (
+    parse_address,
+    parse_bool,
+    parse_buckets,
+    parse_choice,
+    parse_int,
+    parse_labels,
+    parse_list,
+    parse_seconds,
+)
+
+__all__ = [
+    "DEFAULT_QUEUE_WAIT_BUCKETS",
+    "DEFAULT_RUNTIME_BUCKETS",
+    "OBS_OPTIONS",
+    "OPTIONS_BY_ATTR",
+    "ObsOption",
+    "ObsSettings",
+    "default_text",
+]
+
+_SHORT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Runtimes up to the default hard limit and beyond; waits up to an hour of backlog.
+DEFAULT_RUNTIME_BUCKETS = (*_SHORT_BUCKETS, 120.0, 300.0, 900.0)
+DEFAULT_QUEUE_WAIT_BUCKETS = (*_SHORT_BUCKETS, 300.0, 900.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class ObsOption:
+    """One instrumentation option: its keyword, variable, worker flag and parser.
+
+    ``help`` says what the option does, without its default: :meth:`help_text`
+    adds the default, read from :class:`ObsSettings` (or given by a command
+    whose default differs).
+    """
+
+    attr: str
+    env: str
+    flag: str
+    parse: Callable[[str, str], Any]
+    help: str
+    metavar: str = "VALUE"
+
+    def from_raw(self, raw: str, source: str | None = None) -> Any:
+        return self.parse(source or self.env, raw)
+
+    def help_text(self, default: str | None = None, help: str | None = None) -> str:
+        """``help`` (or an override) followed by the default."""
+        return f"{help or self.help} Default: {default or default_text(self.attr)}."
+
+
+def _port(v: str, r: str) -> int:
+    return parse_int(v, r, minimum=0, maximum=65535)
+
+
+def _positive(v: str, r: str) -> int:
+    return parse_int(v, r, minimum=1)
+
+
+OBS_OPTIONS: tuple[ObsOption, ...] = (
+    ObsOption(
+        "metrics_port",
+        "CSUITE_METRICS_PORT",
+        "--metrics-port",
+        _port,
+        "Port of the worker's /metrics exporter; 0 turns the exporter off.",
+        "PORT",
+    ),
+    ObsOption(
+        "metrics_addr",
+        "CSUITE_METRICS_ADDR",
+        "--metrics-addr",
+        parse_address,
+        "Address the exporter binds to (0.0.0.0: all interfaces).",
+        "ADDR",
+    ),
+    ObsOption(
+        "runtime_buckets",
+        "CSUITE_RUNTIME_BUCKETS",
+        "--metrics-runtime-buckets",
+        parse_buckets,
+        "Buckets (seconds, comma-separated) of celery_task_runtime_seconds.",
+        "LIST",
+    ),
+    ObsOption(
+        "queue_wait_buckets",
+        "CSUITE_QUEUE_WAIT_BUCKETS",
+        "--metrics-queue-wait-buckets",
+        parse_buckets,
+        "Buckets (seconds, comma-separated) of celery_task_queue_wait_seconds.",
+        "LIST",
+    ),
+    ObsOption(
+        "const_labels",
+        "CSUITE_CONST_LABELS",
+        "--metrics-const-labels",
+        parse_labels,
+        "Labels added to every series, as key=value,key2=value2.",
+        "PAIRS",
+    ),
+    ObsOption(
+        "max_task_names",
+        "CSUITE_MAX_TASK_NAMES",
+        "--metrics-max-task-names",
+        _positive,
+        "Distinct task names per metric before the rest are reported as 'other'.",
+        "N",
+    ),
+    ObsOption(
+        "max_queue_names",
+        "CSUITE_MAX_QUEUE_NAMES",
+        "--metrics-max-queue-names",
+        _positive,
+        "Distinct queue names per task metric before the rest are reported as 'other'; "
+        "also the most queues the queue-depth poller reports (glob matches past it are "
+        "left out, and logged).",
+        "N",
+    ),
+    ObsOption(
+        "max_exceptions",
+        "CSUITE_MAX_EXCEPTIONS",
+        "--metrics-max-exceptions",
+        _positive,
+        "Distinct exception classes before the rest are reported as 'other'.",
+        "N",
+    ),
+    ObsOption(
+        "task_log",
+        "CSUITE_TASK_LOG",
+        "--metrics-task-log",
+        parse_bool,
+        "Log one structured event per task lifecycle step.",
+        "BOOL",
+    ),
+    ObsOption(
+        "log_task_args",
+        "CSUITE_LOG_TASK_ARGS",
+        "--metrics-log-task-args",
+        parse_bool,
+        "Include task arguments in the lifecycle events.",
+        "BOOL",
+    ),
+    ObsOption(
+        "log_format",
+        "CSUITE_LOG_FORMAT",
+        "--metrics-log-format",
+        lambda v, r: parse_choice(v, r, ("console", "json")),
+        "Rendering of the package's structured logs: console or json.",
+        "FORMAT",
+    ),
+    ObsOption(
+        "queue_depth",
+        "CSUITE_QUEUE_DEPTH",
+        "--metrics-queue-depth",
+        parse_bool,
+        "Poll and report queue depth from this worker; in a fleet, turn it off and run "
+        "one `csuite-async-obs exporter`.",
+        "BOOL",
+    ),
+    ObsOption(
+        "queues",
+        "CSUITE_QUEUES",
+        "--metrics-queues",
+        lambda v, r: parse_list(r),
+        "Queues to report besides the app's task_queues and the ones this worker consumes; "
+        "comma-separated, shell globs match queues found on the broker.",
+        "LIST",
+    ),
+    ObsOption(
+        "queue_exclude",
+        "CSUITE_QUEUE_EXCLUDE",
+        "--metrics-queue-exclude",
+        lambda v, r: parse_list(r),
+        "Queues (shell globs, comma-separated) never to report.",
+        "LIST",
+    ),
+    ObsOption(
+        "queue_poll_interval",
+        "CSUITE_QUEUE_POLL_INTERVAL",
+        "--metrics-queue-poll-interval",
+        parse_seconds,
+        "Seconds between two queue-depth polls.",
+        "SECONDS",
+    ),
+    ObsOption(
+        "queue_poll_timeout",
+        "CSUITE_QUEUE_POLL_TIMEOUT",
+        "--metrics-queue-poll-timeout",
+        parse_seconds,
+        "Seconds one queue-depth poll may take before it counts as failed.",
+        "SECONDS",
+    ),
+    ObsOption(
+        "web_config",
+        "CSUITE_WEB_CONFIG",
+        "--metrics-web-config",
+        lambda v, r: r.strip(),
+        "Path of a Prometheus exporter web-config file (TLS, basic auth).",
+        "PATH",
+    ),
+)
+
+OPTIONS_BY_ATTR = {option.attr: option for option in OBS_OPTIONS}
+
+
+@dataclass(frozen=True)
+class ObsSettings:
+    """Options of the instrumentation (see :data:`OBS_OPTIONS`); the defaults are here only."""
+
+    metrics_port: int = 9808
+    metrics_addr: str = "0.0.0.0"
+    runtime_buckets: tuple[float, ...] = DEFAULT_RUNTIME_BUCKETS
+    queue_wait_buckets: tuple[float, ...] = DEFAULT_QUEUE_WAIT_BUCKETS
+    const_labels: tuple[tuple[str, str], ...] = field(default=())
+    max_task_names: int = 500
+    max_queue_names: int = 100
+    max_exceptions: int = 50
+    task_log: bool = False
+    log_task_args: bool = False
+    log_format: str = "console"
+    queue_depth: bool = True
+    queues: tuple[str, ...] = ()
+    queue_exclude: tuple[str, ...] = ()
+    queue_poll_interval: float = 5.0
+    queue_poll_timeout: float = 3.0
+    web_config: str = ""
+
+    @classmethod
+    def resolve(
+        cls,
+        keywords: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        flags: Mapping[str, Any] | None = None,
+    ) -> ObsSettings:
+        """Merge the three sources: keyword < environment variable < worker flag.
+
+        Keywords are the code's defaults; the deployment (environment, command
+        line) overrides them.  Flags given as ``None`` are "not given".
+        """
+        env = os.environ if environ is None else environ
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in (keywords or {}).items():
+            if key not in known:
+                raise ConfigError(
+                    f"instrument({key}=...)", value, "one of " + ", ".join(sorted(known))
+                )
+            values[key] = _coerce_keyword(key, value)
+        for option in OBS_OPTIONS:
+            raw = env.get(option.env)
+            if raw is not None and raw.strip() != "":
+                values[option.attr] = option.from_raw(raw)
+        for key, value in (flags or {}).items():
+            if value is None or key not in OPTIONS_BY_ATTR:
+                continue
+            option = OPTIONS_BY_ATTR[key]
+            values[key] = option.from_raw(str(value), option.flag)
+        return replace(cls(), **values)
+
+
+def default_text(attr: str) -> str:
+    """The default of an :class:`ObsSettings` field, as a user would type it."""
+    spec = next(f for f in fields(ObsSettings) if f.name == attr)
+    value = spec.default if spec.default is not MISSING else None
+    if isinstance(value, tuple):
+        if value and isinstance(value[0], float):
+            return ",".join(f"{v:g}" for v in value)
+        return "(none)" if not value else ",".join(map(str, value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if value not in ("", None) else "(none)"
+
+
+def _coerce_keyword(key: str, value: Any) -> Any:
+    """Accept natural Python values for keywords and check them like the text forms."""
+    option = OPTIONS_BY_ATTR[key]
+    source = f"instrument({key}=...)"
+    if key == "const_labels" and isinstance(value, Mapping):
+        text = ",".join(f"{k}={v}" for k, v in value.items())
+    elif key.endswith("_buckets") and not isinstance(value, str):
+        text = ",".join(repr(float(v)) for v in value)
+    elif key in ("queues", "queue_exclude") and not isinstance(value, str):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = str(value)
+    return option.from_raw(text, source)

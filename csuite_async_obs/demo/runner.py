@@ -1,0 +1,226 @@
+"""``csuite-async-obs demo``: a worker with its exporter and a steady mix of tasks, in one command.
+
+With no ``CELERY_BROKER_URL`` it starts a private Redis (see
+:mod:`csuite_async_obs.servers.redis_server`).  Every process it starts runs in a
+session of its own, so that Ctrl-C reaches the demo alone, which then stops
+them in order (worker warm shutdown, then its process group, then Redis) and
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config.celery_settings import CelerySettings
+from ..servers.processes import (
+    ProcessError,
+    free_port,
+    stop_process,
+    wait_until_ready,
+    worker_command,
+)
+from ..servers.redis_server import RedisServer
+
+__all__ = ["Demo", "DemoOptions"]
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class DemoOptions:
+    pool: str = "prefork"
+    concurrency: int = 2
+    metrics_port: int = 9808
+    rate: float = 4.0  # tasks per second
+    prometheus: bool = False
+    duration: float | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Demo:
+    """Owns every process the demo starts; :meth:`run` blocks until Ctrl-C."""
+
+    def __init__(self, options: DemoOptions, echo: Echo = print) -> None:
+        self.options = options
+        self.echo = echo
+        self.redis: RedisServer | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.prometheus: Any = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="csuite-demo-"))
+        self.metrics_port = options.metrics_port
+        self.sent = 0
+
+    # ------------------------------------------------------------------ start
+
+    def _broker(self) -> None:
+        if os.environ.get("CELERY_BROKER_URL"):
+            self.echo(f"broker: {os.environ['CELERY_BROKER_URL']} (from CELERY_BROKER_URL)")
+            return
+        self.redis = RedisServer().start()
+        os.environ["CELERY_BROKER_URL"] = f"{self.redis.url}/0"
+        os.environ.setdefault("CELERY_RESULT_BACKEND", f"{self.redis.url}/1")
+        self.echo(
+            f"broker: private redis-server at {self.redis.url} (pid {self.redis.process.pid})"
+            if self.redis.process
+            else "broker: private redis-server"
+        )
+
+    def _start_worker(self) -> None:
+        if not _port_free(self.metrics_port):
+            self.metrics_port = free_port()
+        env = dict(os.environ)
+        imports = [i for i in env.get("CELERY_IMPORTS", "").split(",") if i.strip()]
+        env["CELERY_IMPORTS"] = ",".join([*imports, "csuite_async_obs.demo.tasks"])
+        env.update(self.options.extra_env)
+        log_path = self.workdir / "worker.log"
+        cmd = worker_command(
+            pool=self.options.pool,
+            concurrency=self.options.concurrency,
+            hostname="demo@%h",
+            metrics_port=self.metrics_port,
+        )
+        with open(log_path, "ab") as log:
+            self.worker = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.echo(
+            f"worker: pid {self.worker.pid}, pool {self.options.pool} "
+            f"-c {self.options.concurrency}, log {log_path}"
+        )
+        health = f"{self.metrics_url.rsplit('/', 1)[0]}/healthz"
+        try:
+            wait_until_ready(
+                self.worker, lambda: _http_ok(health), timeout=60, what="the worker", interval=0.2
+            )
+        except ProcessError as exc:
+            raise RuntimeError(f"{exc}; see {log_path}") from None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def _start_prometheus(self) -> None:
+        from ..servers.prometheus_server import PrometheusServer, find_prometheus, rule_files
+
+        if find_prometheus() is None:
+            self.echo("prometheus: no `prometheus` binary on the PATH; skipping --prometheus")
+            return
+        self.prometheus = PrometheusServer(
+            targets=[f"127.0.0.1:{self.metrics_port}"], rule_files=rule_files()
+        ).start()
+        self.echo(
+            f"prometheus: {self.prometheus.url} (rules loaded; alerts at "
+            f"{self.prometheus.url}/alerts)"
+        )
+
+    # ------------------------------------------------------------------ run
+
+    def _send_mix(self) -> None:
+        from ..task_api.publishing import delay_task
+        from . import tasks as t
+
+        roll = random.random()
+        if roll < 0.5:
+            delay_task(t.analyse_metrics, [random.random() for _ in range(10)])
+        elif roll < 0.8:
+            delay_task(t.send_email, f"user{random.randint(1, 99)}@example.com")
+        elif roll < 0.95:
+            delay_task(t.sync_crm, random.randint(1, 1000))
+        else:
+            delay_task(t.generate_report, random.uniform(1.0, 4.0))
+        self.sent += 1
+
+    def run(self) -> int:
+        """Start everything, send tasks until Ctrl-C (or ``duration``), stop everything."""
+        try:
+            CelerySettings.from_env()  # a bad variable stops here with one line
+            self._broker()
+            self._start_worker()
+            self.echo(f"metrics: {self.metrics_url}")
+            self.echo(f"health:  {self.metrics_url.rsplit('/', 1)[0]}/healthz")
+            if self.options.prometheus:
+                self._start_prometheus()
+            self.echo(
+                "sending a mix of tasks (successes, failures, retries, slow reports); "
+                "Ctrl-C stops everything"
+            )
+            started = time.monotonic()
+            next_report = started + 5
+            interval = 1.0 / self.options.rate if self.options.rate > 0 else 1.0
+            while (
+                self.options.duration is None or time.monotonic() - started < self.options.duration
+            ):
+                self._send_mix()
+                if time.monotonic() >= next_report:
+                    self.echo(self._summary())
+                    next_report += 5
+                time.sleep(interval)
+            return 0
+        except KeyboardInterrupt:
+            self.echo("stopping ...")
+            return 0
+        finally:
+            self.stop()
+
+    def _summary(self) -> str:
+        try:
+            from ..testing import scrape
+
+            s = scrape(self.metrics_url, timeout=2)
+            done = {
+                k: int(s.sum(f"celery_task_{k}_total")) for k in ("succeeded", "failed", "retried")
+            }
+            return (
+                f"sent {self.sent}; worker: {done['succeeded']} succeeded, {done['failed']} "
+                f"failed, {done['retried']} retried"
+            )
+        except Exception as exc:  # noqa: BLE001 -- a summary line must not stop the demo
+            return f"sent {self.sent}; /metrics not readable right now ({type(exc).__name__})"
+
+    # ------------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        # Ignore further Ctrl-C while cleaning up, so nothing is left half-stopped.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if self.prometheus is not None:
+                self.prometheus.stop()
+                self.prometheus = None
+            if self.worker is not None:
+                stop_process(self.worker, signal.SIGTERM, 15)
+                self.worker = None
+            if self.redis is not None:
+                self.redis.stop()
+                self.redis = None
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self.echo("stopped")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False

@@ -1,0 +1,195 @@
+"""The hooks' shared state and the publish side, one :class:`TaskHooks` per instrumented app.
+
+Publish side: ``before_task_publish`` stamps the message with the publish time
+(and the ETA, when later; :mod:`csuite_async_obs.protocol`) so the worker can
+measure time spent in the queue without Celery events; ``after_task_publish``
+counts ``celery_task_sent_total``.  Celery's publish signals carry no app, and
+every instrumented app connects to them, so each publish is attributed to the
+app that made it: :func:`publishing` marks the app for the duration of its
+``send_task`` (through which ``apply_async``, retries, canvas and beat all
+publish), and a publish made some other way belongs to Celery's current app.
+
+The worker side is in :mod:`.request`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from celery import current_app, signals
+
+from ..logs import get_logger
+from ..metrics.errors import ErrorReporter
+from ..metrics.task_metrics import TaskMetrics, TaskSeries
+from ..protocol import DUE_AT_HEADER, PUBLISHED_AT_HEADER
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from ..config.options import ObsSettings
+
+__all__ = ["UNKNOWN_QUEUE", "TaskHooks", "publishing"]
+
+UNKNOWN_QUEUE = "unknown"
+_REVOKED_IDS = 10_000
+
+_PUBLISHING: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "csuite_async_obs_publishing", default=None
+)
+_POOL_PROCESS_PID = 0
+
+
+@contextlib.contextmanager
+def publishing(app: Celery) -> Iterator[None]:
+    """Attribute the publishes made inside this block to ``app``."""
+    token = _PUBLISHING.set(app)
+    try:
+        yield
+    finally:
+        _PUBLISHING.reset(token)
+
+
+def _mark_pool_process(**_: Any) -> None:
+    # Sent by Celery in every prefork pool child as it starts, and by the solo
+    # pool in the worker itself (a public signal).
+    global _POOL_PROCESS_PID
+    _POOL_PROCESS_PID = os.getpid()
+
+
+signals.worker_process_init.connect(_mark_pool_process, weak=False, dispatch_uid=__name__)
+
+
+class TaskHooks:
+    """Everything the hooks need: metrics, logger, settings; one per instrumented app."""
+
+    def __init__(self, app: Celery, metrics: TaskMetrics, settings: ObsSettings) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.settings = settings
+        self.task_log = settings.task_log
+        self.log_args = settings.log_task_args
+        self.log = get_logger(settings.log_format)
+        self._owner_pid = os.getpid()
+        #: ``fail(hook, exc)``: count and (rate-limited) log an error raised
+        #: inside the instrumentation; never raises.
+        self.fail = ErrorReporter(lambda hook: self.metrics.error(hook), self.log)
+        # The instrumented Request class made for each base class (see .request).
+        self.request_classes: dict[type, type] = {}
+        #: Task ids the task_revoked fallback counted (bounded: only the
+        #: de-duplication of one revocation's repeated signals needs them).
+        self.revoked_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    # ------------------------------------------------------------------ publish side
+
+    def before_publish(self, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        if headers is None:
+            return
+        try:
+            now = time.time()
+            # Always overwrite: a retry re-publishes the request's own headers.
+            headers[PUBLISHED_AT_HEADER] = now
+            headers.pop(DUE_AT_HEADER, None)
+            eta = headers.get("eta")
+            if eta:
+                due = datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else None
+                if due is not None and due > now:
+                    headers[DUE_AT_HEADER] = due
+        except Exception as exc:  # noqa: BLE001
+            self.fail("publish", exc)
+
+    def after_publish(
+        self,
+        sender: str | None = None,
+        headers: dict[str, Any] | None = None,
+        routing_key: str | None = None,
+        **_: Any,
+    ) -> None:
+        # A prefork pool child is a separate process whose memory nobody scrapes;
+        # it must also never take a metric lock (it may have inherited one held).
+        pid = os.getpid()
+        if pid == _POOL_PROCESS_PID and pid != self._owner_pid:
+            return
+        publishing = _PUBLISHING.get()
+        if publishing is None:
+            # A publish that bypassed Celery.send_task: the current app's.
+            publishing = current_app._get_current_object()
+        if publishing is not self.app:
+            return
+        try:
+            name = sender or (headers or {}).get("task") or "unknown"
+            self.metrics.task(str(name), routing_key or UNKNOWN_QUEUE).sent.inc()
+        except Exception as exc:  # noqa: BLE001
+            self.fail("publish", exc)
+
+    # ------------------------------------------------------------------ worker side
+
+    def series(self, request: Any) -> TaskSeries:
+        delivery = request.delivery_info or {}
+        queue = delivery.get("routing_key") or UNKNOWN_QUEUE
+        return self.metrics.task(request.name, queue)
+
+    def on_unknown_task(self, message: Any = None, name: str | None = None, **_: Any) -> None:
+        try:
+            delivery = getattr(message, "delivery_info", None) or {}
+            self.metrics.task(
+                name or "unknown", delivery.get("routing_key") or UNKNOWN_QUEUE
+            ).rejected.inc()
+        except Exception as exc:  # noqa: BLE001
+            self.fail("rejected", exc)
+
+    def on_task_revoked(
+        self, sender: Any = None, request: Any = None, reason: str = "", **_: Any
+    ) -> None:
+        """The ``task_revoked`` signal: the fallback where ``Request._announce_revoked``
+        is not there to hook (see :mod:`csuite_async_obs.compat`)."""
+        try:
+            if getattr(sender, "app", None) is not self.app or request is None:
+                return
+            task_id = getattr(request, "id", None)
+            if task_id is None or task_id in self.revoked_ids:
+                return
+            self.revoked_ids[task_id] = None
+            if len(self.revoked_ids) > _REVOKED_IDS:
+                self.revoked_ids.popitem(last=False)
+            delivery = getattr(request, "delivery_info", None) or {}
+            series = self.metrics.task(
+                str(sender.name), delivery.get("routing_key") or UNKNOWN_QUEUE
+            )
+            series.revoked.inc()
+        except Exception as exc:  # noqa: BLE001
+            self.fail("revoked", exc)
+
+    def event(self, event: str, request: Any, series: TaskSeries, **fields: Any) -> None:
+        """One structured lifecycle event (only called when task logging is on)."""
+        try:
+            if self.log_args:
+                fields["args"] = request.argsrepr
+                fields["kwargs"] = request.kwargsrepr
+            self.log.info(
+                event, task_id=request.id, name=series.name, queue_name=series.queue, **fields
+            )
+        except Exception as exc:  # noqa: BLE001
+            self.fail("log", exc)
+
+    def prime(self) -> int:
+        """Create the zero series of every registered task on the queue it routes to."""
+        count = 0
+        router = self.app.amqp.router
+        for name in sorted(self.app.tasks):
+            if name.startswith("celery."):
+                continue
+            try:
+                queue = router.route({}, name).get("queue")
+                routing_key = getattr(queue, "routing_key", None) or getattr(queue, "name", None)
+                self.metrics.task(name, routing_key or UNKNOWN_QUEUE)
+                count += 1
+            except Exception as exc:  # noqa: BLE001
+                self.fail("collect", exc)
+        return count

@@ -1,0 +1,243 @@
+"""Metric names, labels and help texts, defined once; pure data, no dependencies.
+
+Counter names keep those of the most-used event-based Celery exporter
+(``celery_task_sent_total`` ...) so that existing dashboards keep working; the
+histograms follow Prometheus conventions (base units, ``_seconds``).  Task series
+carry ``name`` and ``queue_name`` and no host label: Prometheus's ``instance``
+already names the worker.  Everything that names a metric or a label -- the
+metric objects, the collectors, the README's table, the check of constant
+labels -- reads it from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "INSTRUMENTATION_HOOKS",
+    "METRICS",
+    "OTHER",
+    "OUTCOME_STATES",
+    "RESERVED_LABELS",
+    "SPECS",
+    "TIME_LIMIT_KINDS",
+    "MetricSpec",
+]
+
+OTHER = "other"
+
+# Values of the ``state`` label of celery_task_runtime_seconds: every way a task
+# that reached the pool can end.
+OUTCOME_STATES = ("succeeded", "failed", "retried", "rejected", "revoked", "ignored")
+TIME_LIMIT_KINDS = ("soft", "hard")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric: what the README's reference table and dashboards rely on."""
+
+    name: str  # as exposed (counters with their _total suffix)
+    type: str
+    labels: tuple[str, ...]
+    help: str
+    zero_initialised: str = ""
+
+
+TASK = ("name", "queue_name")
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "celery_task_sent_total",
+        "counter",
+        TASK,
+        "Tasks published by this process (publish side; see the README for pool children).",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_received_total",
+        "counter",
+        TASK,
+        "Task messages received by the worker.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_started_total",
+        "counter",
+        TASK,
+        "Tasks a pool process started executing.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_succeeded_total",
+        "counter",
+        TASK,
+        "Tasks that returned without raising.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_failed_total",
+        "counter",
+        (*TASK, "exception"),
+        "Tasks that failed, by exception class (time limits and lost pool children included).",
+        "no: an exception class is not known before it happens; use "
+        'celery_task_runtime_seconds_count{state="failed"}',
+    ),
+    MetricSpec(
+        "celery_task_retried_total",
+        "counter",
+        TASK,
+        "Tasks that raised Retry and were re-published.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_revoked_total",
+        "counter",
+        TASK,
+        "Tasks revoked, expired or terminated before they could finish.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_rejected_total",
+        "counter",
+        TASK,
+        "Tasks that raised Reject, and messages for tasks the worker does not know.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_runtime_seconds",
+        "histogram",
+        (*TASK, "state"),
+        "Time tasks ran in the pool, for every outcome (state).",
+        "yes, every state",
+    ),
+    MetricSpec(
+        "celery_task_queue_wait_seconds",
+        "histogram",
+        TASK,
+        "Time from publish (or ETA, when later) until a pool process started the task.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_queue_wait_unmeasured_total",
+        "counter",
+        TASK,
+        "Tasks started without the publish timestamp header (published without this "
+        "package), so their queue wait could not be measured.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_time_limit_exceeded_total",
+        "counter",
+        (*TASK, "kind"),
+        "Tasks that hit their soft or hard time limit (kind).",
+        "yes, both kinds",
+    ),
+    MetricSpec(
+        "celery_task_worker_lost_total",
+        "counter",
+        TASK,
+        "Tasks whose pool process died under them (WorkerLostError), e.g. SIGKILL or OOM.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_worker_up",
+        "gauge",
+        ("hostname",),
+        "1 while the worker runs; the series disappears with the process.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_worker_consumer_up",
+        "gauge",
+        (),
+        "1 while the worker's consumer is connected and consuming, else 0.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_worker_tasks_active", "gauge", (), "Tasks executing in the pool right now.", "yes"
+    ),
+    MetricSpec(
+        "celery_worker_prefetched_tasks",
+        "gauge",
+        (),
+        "Tasks received and reserved by this worker, not started yet.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_worker_pool_size",
+        "gauge",
+        (),
+        "Pool processes or threads; active / pool size is saturation.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_queue_length",
+        "gauge",
+        ("queue_name",),
+        "Messages waiting in the queue (all priority sub-queues), at the last poll.",
+        "reported from the first successful poll",
+    ),
+    MetricSpec(
+        "celery_queue_oldest_message_age_seconds",
+        "gauge",
+        ("queue_name",),
+        "Age of the oldest waiting message (from its publish timestamp header); 0 when empty.",
+        "reported from the first successful poll",
+    ),
+    MetricSpec(
+        "celery_queue_unacked_messages",
+        "gauge",
+        (),
+        "Messages taken by workers and not yet acknowledged (prefetched, running, ETA).",
+        "reported from the first successful poll",
+    ),
+    MetricSpec(
+        "celery_queue_length_poll_errors_total",
+        "counter",
+        (),
+        "Queue-depth polls that failed or timed out (broker down or slow).",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_queue_length_last_success_timestamp_seconds",
+        "gauge",
+        (),
+        "Unix time of the last successful queue-depth poll.",
+        "0 until the first success",
+    ),
+    MetricSpec(
+        "csuite_async_obs_instrumentation_errors_total",
+        "counter",
+        ("hook",),
+        "Errors caught inside the instrumentation (logged, never raised into a task).",
+        "yes",
+    ),
+    MetricSpec(
+        "csuite_async_obs_label_overflow_total",
+        "counter",
+        ("label",),
+        "Events whose task, queue or exception label was reported as 'other' because that "
+        "label's cardinality limit was reached.",
+        "yes",
+    ),
+)
+
+SPECS = {spec.name: spec for spec in METRICS}
+INSTRUMENTATION_HOOKS = (
+    "publish",
+    "received",
+    "started",
+    "finished",
+    "timeout",
+    "revoked",
+    "rejected",
+    "collect",
+    "exporter",
+    "log",
+)
+
+# Labels the package sets itself (and those of the exposition formats): a
+# constant label may not shadow them.
+RESERVED_LABELS = frozenset(
+    {label for spec in METRICS for label in spec.labels} | {"le", "quantile"}
+)

@@ -1,0 +1,36 @@
+"""Queue depth on any other kombu transport: a passive ``queue_declare`` per queue.
+
+AMQP (RabbitMQ) and the other transports answer a passive declare with the
+number of ready messages; a queue the broker does not know (``NOT_FOUND``) or
+that fails is *unknown*, never 0.  Ages and the unacked count are not known
+this way; the broker's own API is the place for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .reading import BrokerReader, Reading, close_quietly
+
+__all__ = ["DeclareReader"]
+
+
+class DeclareReader(BrokerReader):
+    """One passive ``queue_declare`` per queue, in sequence, on the reader's channel."""
+
+    def _read(self, queues: Sequence[str]) -> Reading:
+        conn = self._conn
+        lengths: dict[str, int] = {}
+        unknown: list[str] = []
+        for name in queues:
+            self.round_trips += 1
+            try:
+                _, count, _ = self._channel.queue_declare(queue=name, passive=True)
+            except conn.channel_errors:
+                # NOT_FOUND and friends: AMQP closes the channel after one.
+                unknown.append(name)
+                close_quietly(self._channel)
+                self._channel = conn.channel()
+                continue
+            lengths[name] = int(count)
+        return Reading(lengths, {}, None, tuple(unknown), ages_supported=False)

@@ -1,0 +1,67 @@
+"""Picks and connects the reader for an app's broker: a new broker is one line here.
+
+The connection gets socket timeouts of the poll's timeout (kombu's Redis
+default is none at all: a broker that stops answering would hold the poll
+forever) and no connection retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..compat import redis_layout
+from .declare_reader import DeclareReader
+from .reading import BrokerReader, close_quietly
+from .redis_reader import RedisReader
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["open_reader"]
+
+
+def _connect(app: Celery, timeout: float) -> tuple[Any, Any]:
+    probe = app.connection_for_read()
+    driver = probe.transport.driver_name
+    probe.release()
+    options: dict[str, Any] = {}
+    if driver == "redis":  # redis, rediss and sentinel
+        # kombu's default is no socket timeout at all: a broker that stops
+        # answering would hold the poll forever.
+        configured = app.conf.broker_transport_options or {}
+        for key in ("socket_timeout", "socket_connect_timeout"):
+            value = configured.get(key)
+            options[key] = min(value, timeout) if value else timeout
+    elif driver == "py-amqp":
+        options.update(read_timeout=timeout, write_timeout=timeout)
+    conn = app.connection_for_read(connect_timeout=timeout, transport_options=options)
+    try:
+        # max_retries=0: Connection.connect() would retry once after sleeping 2 s.
+        conn.ensure_connection(max_retries=0)
+        channel: Any = conn.channel()
+    except BaseException:
+        close_quietly(conn)
+        raise
+    return conn, channel
+
+
+def open_reader(
+    app: Celery,
+    timeout: float = 3.0,
+    skip_exchanges: Iterable[str] = (),
+    log: Any = None,
+) -> BrokerReader:
+    """A connected reader for ``app``'s broker: the best one its transport allows.
+
+    Raises whatever connecting raises (the broker is down); nothing is left open then.
+    """
+    conn, channel = _connect(app, timeout)
+    try:
+        layout = redis_layout(channel)
+        if layout is not None:
+            return RedisReader(conn, channel, layout, skip_exchanges=skip_exchanges, log=log)
+        return DeclareReader(conn, channel, log=log)
+    except BaseException:
+        close_quietly(conn)
+        raise

@@ -1,0 +1,92 @@
+"""One read of a broker's queues, and the interface every broker's reader implements.
+
+A reader owns one connection of its own, opened by
+:func:`~.readers.open_reader` with socket timeouts and no connection retries,
+so that a dead or hung broker costs a poll at most its timeout; after an error
+the poller closes the reader and opens a new one.  A queue the broker cannot report (``NOT_FOUND``, an
+error) is *unknown*, never 0: it gets no sample and is listed in ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..logs import get_logger
+
+__all__ = ["BrokerReader", "Reading", "close_quietly"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One successful read of the broker.
+
+    ``lengths`` holds the queues whose length is known; ``unknown`` the queues
+    the broker could not report.  ``oldest_published_at`` holds, for non-empty
+    queues whose oldest message carries the publish header, that timestamp.
+    ``unacked`` and ages are ``None``/absent where the broker cannot tell
+    (``ages_supported`` is false off Redis).
+    """
+
+    lengths: Mapping[str, int]
+    oldest_published_at: Mapping[str, float] = field(default_factory=dict)
+    unacked: int | None = None
+    unknown: tuple[str, ...] = ()
+    ages_supported: bool = False
+    round_trips: int = 0
+    duration: float = 0.0
+    taken_at: float = 0.0
+
+
+class BrokerReader(ABC):
+    """Reads queue lengths over one broker connection; one thread owns a reader.
+
+    Subclasses implement :meth:`_read` and, where the broker can list its
+    queues, :meth:`discover`.
+    """
+
+    #: Whether :attr:`Reading.oldest_published_at` and ``unacked`` can be known.
+    ages_supported = False
+
+    def __init__(self, conn: Any, channel: Any, log: Any = None) -> None:
+        self._conn = conn
+        self._channel = channel
+        self.log = log or get_logger()
+        #: Request batches sent to the broker by :meth:`read` and :meth:`discover`
+        #: (a pipeline is one batch: one round trip).
+        self.round_trips = 0
+
+    def read(self, queues: Sequence[str]) -> Reading:
+        """Read the lengths (and where the broker tells, ages and unacked) of ``queues``."""
+        start = time.monotonic()
+        before = self.round_trips
+        reading = self._read(queues)
+        return replace(
+            reading,
+            round_trips=self.round_trips - before,
+            duration=time.monotonic() - start,
+            taken_at=time.time(),
+        )
+
+    @abstractmethod
+    def _read(self, queues: Sequence[str]) -> Reading: ...
+
+    def discover(self) -> list[str]:
+        """Queues the broker knows of, for glob entries; ``[]`` where it cannot tell."""
+        return []
+
+    def close(self) -> None:
+        """Close the connection; errors on the way are ignored (the broker may be gone)."""
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None:
+            close_quietly(conn)
+
+
+def close_quietly(resource: Any) -> None:
+    # Closing a connection to a dead broker may raise anything.
+    with contextlib.suppress(Exception):
+        resource.close()
