@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from csuite_async_obs.servers.redis_server import free_port
+from csuite_async_obs.servers.processes import free_port, stop_process, worker_command
 from csuite_async_obs.testing import wait_for
 
 from .apps import BENCH_QUEUE
@@ -147,35 +147,22 @@ class WorkerProc:
     flower: Flower | None = None
 
     def command(self) -> list[str]:
-        cmd = [
-            PYTHON,
-            "-m",
-            "celery",
-            "-A",
-            self.case.module,
-            "worker",
-            "-P",
-            self.pool,
-            "-c",
-            str(self.concurrency),
-            "-n",
-            f"{self.case.key}-{self.db}@bench",
-            # INFO would log two lines per task on both sides; WARNING keeps the
-            # baseline lean, so a relative cost reads high rather than low.
-            "-l",
-            "WARNING",
-            "-Q",
-            ",".join(self.queues),
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-        if self.case.events:
-            cmd.append("-E")
         if self.case.exporter:
             self.port = self.port or free_port()
-            cmd += ["--metrics-port", str(self.port), "--metrics-addr", "127.0.0.1"]
-        return [*cmd, *self.case.args, *self.args]
+        extra = ["-Q", ",".join(self.queues), "--without-gossip", "--without-mingle",
+                 "--without-heartbeat", *(["-E"] if self.case.events else [])]  # fmt: skip
+        return worker_command(
+            self.case.module,
+            pool=self.pool,
+            concurrency=self.concurrency,
+            hostname=f"{self.case.key}-{self.db}@bench",
+            # INFO would log two lines per task on both sides; WARNING keeps the
+            # baseline lean, so a relative cost reads high rather than low.
+            loglevel="WARNING",
+            metrics_port=self.port if self.case.exporter else None,
+            extra=[*extra, *self.case.args, *self.args],
+            python=PYTHON,
+        )
 
     @property
     def name(self) -> str:
@@ -252,19 +239,8 @@ class WorkerProc:
         """Warm shutdown, then make sure the process group is gone."""
         if self.flower is not None:
             self.flower.stop()
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=timeout)
-        with contextlib.suppress(OSError):
-            os.killpg(process.pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.wait(timeout=10)
-        self.process = None
-        return process.returncode
+        process, self.process = self.process, None
+        return stop_process(process, signal.SIGTERM, timeout)
 
 
 @dataclass
@@ -324,18 +300,8 @@ class Flower:
         return total
 
     def stop(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
-        with contextlib.suppress(OSError):
-            os.killpg(process.pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.wait(timeout=10)
-        self.process = None
+        process, self.process = self.process, None
+        stop_process(process, signal.SIGTERM, 15)
 
 
 class Scraper:

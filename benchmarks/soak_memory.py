@@ -37,7 +37,6 @@ it only registers the task ``soak.noop``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -64,7 +63,8 @@ from csuite_async_obs import (  # noqa: E402 -- after the path set-up above
     get_celery_app,
     reset_celery_app,
 )
-from csuite_async_obs.servers.redis_server import RedisServer, free_port  # noqa: E402
+from csuite_async_obs.servers.processes import free_port, stop_process, worker_command  # noqa: E402
+from csuite_async_obs.servers.redis_server import RedisServer  # noqa: E402
 from csuite_async_obs.testing import Samples, wait_for  # noqa: E402
 
 TASK = "soak.noop"
@@ -143,29 +143,14 @@ def run(
         CELERY_TASK_TIME_LIMIT=repr(hard),
         CELERY_TASK_SOFT_TIME_LIMIT=repr(soft),
     )
-    worker_cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "csuite_async_obs.worker",
-        "worker",
-        "-P",
-        "prefork",
-        "-c",
-        str(concurrency),
-        "-n",
-        f"soak{port}@localhost",
-        "-l",
-        "WARNING",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--metrics-port",
-        str(port),
-        "--metrics-addr",
-        "127.0.0.1",
-    ]
+    worker_cmd = worker_command(
+        pool="prefork",
+        concurrency=concurrency,
+        hostname=f"soak{port}@localhost",
+        loglevel="WARNING",
+        metrics_port=port,
+        extra=["--without-gossip", "--without-mingle", "--without-heartbeat"],
+    )
     log_path = workdir / "worker.log"
     log = open(log_path, "wb")  # noqa: SIM115 -- closed in the finally below
     worker = subprocess.Popen(
@@ -234,14 +219,7 @@ def run(
         sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
         raise
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(timeout=60)
-        with contextlib.suppress(OSError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        if worker.poll() is None:
-            worker.wait(timeout=10)
+        stop_process(worker, signal.SIGTERM, 60)
         log.close()
         redis.stop()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from csuite_async_obs.servers.redis_server import free_port
+from csuite_async_obs.servers.processes import free_port, stop_process, worker_command
 from csuite_async_obs.testing import Samples, scrape, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,30 +95,15 @@ class Worker:
         self.hostname = name or f"w{self.port}@localhost"
         self.log_path = log_dir / f"worker-{self.port}.log"
         self.cwd = cwd or ROOT
-        self.cmd = [
-            PYTHON,
-            "-m",
-            "celery",
-            "-A",
+        self.cmd = worker_command(
             app,
-            "worker",
-            "-P",
-            pool,
-            "-c",
-            str(concurrency),
-            "-n",
-            self.hostname,
-            "-l",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--metrics-port",
-            str(self.port),
-            "--metrics-addr",
-            "127.0.0.1",
-            *args,
-        ]
+            pool=pool,
+            concurrency=concurrency,
+            hostname=self.hostname,
+            metrics_port=self.port,
+            extra=["--without-gossip", "--without-mingle", "--without-heartbeat", *args],
+            python=PYTHON,
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -169,17 +153,9 @@ class Worker:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Stop the worker (warm shutdown by default) and make sure its process group is gone."""
-        process = self.process
+        process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=timeout)
-        with contextlib.suppress(OSError):
-            os.killpg(process.pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.wait(timeout=10)
+        code = stop_process(process, sig, timeout)
         self._log.close()
-        self.process = None
-        return process.returncode
+        return code
