@@ -151,7 +151,9 @@ def _probe_value_class() -> bool:
 def _probe_scheduled_requests() -> bool:
     from celery.worker import state
 
-    return isinstance(getattr(state, "scheduled_requests", None), (set, dict))
+    import weakref
+
+    return isinstance(getattr(state, "scheduled_requests", None), (set, weakref.WeakSet))
 
 
 def _probe_announce_revoked() -> bool:

@@ -218,10 +218,16 @@ class Instrumentation:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         hostname = getattr(self.worker, "hostname", None)
-        return self.consumer_running, {
+        detail: dict[str, Any] = {
             "consumer_running": self.consumer_running,
             "hostname": hostname,
         }
+        poller = self._queue_depth
+        if poller is not None:
+            reading = poller.state.reading
+            # Queue depth does not decide the worker's health; it is reported.
+            detail["queue_depth_absent_metrics"] = list(reading.absent) if reading else []
+        return self.consumer_running, detail
 
 
 class _RegistryView(Collector):

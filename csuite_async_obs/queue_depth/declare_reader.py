@@ -9,14 +9,29 @@ this way; the broker's own API is the place for them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .reading import BrokerReader, Reading, close_quietly
 
 __all__ = ["DeclareReader"]
 
 
+#: What a passive declare cannot tell: said in ``/healthz`` and logged once.
+ABSENT = ("celery_queue_oldest_message_age_seconds", "celery_queue_unacked_messages")
+
+
 class DeclareReader(BrokerReader):
-    """One passive ``queue_declare`` per queue, in sequence, on the reader's channel."""
+    """One passive ``queue_declare`` per queue, in sequence, on the reader's channel.
+
+    ``missing_is_empty``: on kombu's virtual transports (Redis) a queue without
+    messages has no key, and a passive declare answers NOT_FOUND for it: that is
+    an empty queue, reported 0.  On AMQP NOT_FOUND means no such queue: unknown.
+    """
+
+    def __init__(self, conn: Any, channel: Any, *, missing_is_empty: bool = False,
+                 log: Any = None) -> None:  # fmt: skip
+        super().__init__(conn, channel, log)
+        self.missing_is_empty = missing_is_empty
 
     def _read(self, queues: Sequence[str]) -> Reading:
         conn = self._conn
@@ -28,9 +43,12 @@ class DeclareReader(BrokerReader):
                 _, count, _ = self._channel.queue_declare(queue=name, passive=True)
             except conn.channel_errors:
                 # NOT_FOUND and friends: AMQP closes the channel after one.
-                unknown.append(name)
+                if self.missing_is_empty:
+                    lengths[name] = 0
+                else:
+                    unknown.append(name)
                 close_quietly(self._channel)
                 self._channel = conn.channel()
                 continue
             lengths[name] = int(count)
-        return Reading(lengths, {}, None, tuple(unknown), ages_supported=False)
+        return Reading(lengths, {}, None, tuple(unknown), ages_supported=False, absent=ABSENT)

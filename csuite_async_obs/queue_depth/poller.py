@@ -261,6 +261,13 @@ class QueueDepthPoller:
         if old.failing:
             self.log.info("queue_depth_poll_recovered", failed_polls_total=old.errors,
                           queues=len(reading.lengths))  # fmt: skip
+        if reading.absent and (old.reading is None or old.reading.absent != reading.absent):
+            self.log.warning(
+                "queue_depth_metrics_absent",
+                metrics=list(reading.absent),
+                reader=type(self._reader).__name__ if self._reader else None,
+                hint="this broker's reader cannot tell them; see /healthz",
+            )
         if dropped and dropped != old.dropped:
             self.log.warning(
                 "queue_depth_queues_dropped",
@@ -348,6 +355,7 @@ class QueueDepthPoller:
             "queue_depth_last_error": state.last_error or None,
             "queues": len(reading.lengths) if reading else 0,
             "unknown_queues": list(reading.unknown) if reading else [],
+            "absent_metrics": list(reading.absent) if reading else [],
         }
 
 

@@ -61,7 +61,8 @@ def open_reader(
         layout = redis_layout(channel)
         if layout is not None:
             return RedisReader(conn, channel, layout, skip_exchanges=skip_exchanges, log=log)
-        return DeclareReader(conn, channel, log=log)
+        virtual = getattr(conn.transport, "driver_type", "") == "redis"
+        return DeclareReader(conn, channel, missing_is_empty=virtual, log=log)
     except BaseException:
         close_quietly(conn)
         raise

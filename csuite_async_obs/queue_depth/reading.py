@@ -37,6 +37,8 @@ class Reading:
     unacked: int | None = None
     unknown: tuple[str, ...] = ()
     ages_supported: bool = False
+    #: Queue metrics this broker's reader cannot give (``/healthz`` lists them).
+    absent: tuple[str, ...] = ()
     round_trips: int = 0
     duration: float = 0.0
     taken_at: float = 0.0

@@ -1,0 +1,188 @@
+"""Every version-specific path of compat.py, private and forced fallback, on real workers."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from csuite_async_obs import ConfigError, compat
+from csuite_async_obs.metrics.catalog import METRICS
+from csuite_async_obs.queue_depth.declare_reader import ABSENT, DeclareReader
+from csuite_async_obs.queue_depth.readers import open_reader
+from csuite_async_obs.queue_depth.redis_reader import RedisReader
+
+from . import worker_tasks as t
+from .support import wait_for
+
+FORCE = {"CSUITE_COMPAT_FALLBACKS": "all"}
+MODES = [pytest.param({}, id="private"), pytest.param(FORCE, id="fallbacks")]
+
+
+@pytest.fixture()
+def forced(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Set CSUITE_COMPAT_FALLBACKS in this process and probe again (undone after)."""
+
+    def force(value: str | None) -> dict[str, str]:
+        if value is None:
+            monkeypatch.delenv(compat.FORCE_VARIABLE, raising=False)
+        else:
+            monkeypatch.setenv(compat.FORCE_VARIABLE, value)
+        compat.reset_paths()
+        return compat.path_report()
+
+    yield force
+    monkeypatch.delenv(compat.FORCE_VARIABLE, raising=False)
+    compat.reset_paths()
+
+
+def test_every_shim_is_probed_and_can_be_forced(forced: Any) -> None:
+    paths = forced(None)
+    assert set(paths) == set(compat.SHIMS)
+    assert set(paths.values()) <= {"private", "fallback"}
+    # prometheus_client's internals and Celery's revocation hook exist on every
+    # supported version; only scheduled_requests is new (Celery 5.7).
+    for name in ("counter_value", "histogram_internals", "family_internals", "value_class",
+                 "announce_revoked", "cancel_flags", "redis_channel", "find_app_frame"):  # fmt: skip
+        assert paths[name] == "private", name
+    import celery
+
+    expected = "private" if celery.VERSION >= (5, 7) else "fallback"
+    assert paths["scheduled_requests"] == expected
+    assert set(forced("all").values()) == {"fallback (forced)"}
+    some = forced("counter_value,redis_channel")
+    assert some["counter_value"] == some["redis_channel"] == "fallback (forced)"
+    assert some["histogram_internals"] == "private"
+    with pytest.raises(ConfigError, match="CSUITE_COMPAT_FALLBACKS='nonsense'"):
+        forced("nonsense")
+
+
+def test_every_shim_documents_its_versions_and_fallback() -> None:
+    for shim in compat.SHIMS.values():
+        assert shim.checked and shim.private and shim.fallback, shim.name
+        assert shim.library in ("celery", "kombu", "prometheus_client", "redis", "billiard")
+    for behaviour in compat.BEHAVIOURS:
+        assert behaviour.versions and behaviour.handled, behaviour.name
+
+
+@pytest.mark.parametrize("env", MODES)
+def test_every_promised_series_exists_before_the_first_task(workers: Any, env: Any) -> None:
+    worker = workers(pool="prefork", concurrency=2, env=env)
+
+    def polled() -> Any:
+        s = worker.scrape()
+        return s if s.value("celery_queue_length_last_success_timestamp_seconds") else None
+
+    s = wait_for(polled, 30, message="a first queue-depth poll")
+    absent = set(ABSENT) if env else set()
+    for spec in METRICS:
+        promise = spec.zero_initialised
+        if not promise.startswith(("yes", "0 until", "reported from the first")):
+            continue
+        name = spec.name + ("_count" if spec.type == "histogram" else "")
+        if spec.name in absent:
+            assert not s.find(name), f"{name} served by a reader that cannot tell it"
+        else:
+            assert s.find(name), f"{spec.name} is promised from start ({promise}) but absent"
+    with urllib.request.urlopen(worker.url + "/healthz", timeout=5) as response:
+        health = json.load(response)
+    assert sorted(health["queue_depth_absent_metrics"]) == sorted(absent)
+    # The worker said once which paths it took.
+    log = worker.log()
+    assert log.count("compat_paths") == 1
+    if env:
+        assert "queue_depth_metrics_absent" in log
+
+
+@pytest.mark.parametrize("env", MODES)
+def test_prefetched_counts_reserved_and_eta_requests(workers: Any, env: Any) -> None:
+    # Not solo: a solo worker runs the task on the thread that fetches messages.
+    worker = workers(pool="threads", concurrency=1, env=env)
+    blocker = t.sleep.delay(6.0)
+    waiting = [t.ok.delay(i) for i in range(2)]
+    eta = [t.ok.apply_async(args=(i,), countdown=10) for i in range(3)]
+
+    seen: list[Any] = []
+
+    def counted() -> Any:
+        s = worker.scrape()
+        pair = (s.value("celery_worker_tasks_active"), s.value("celery_worker_prefetched_tasks"))
+        seen.append(pair)
+        return pair if pair == (1, 5) else None
+
+    # Ground truth while the blocker runs: one running, two reserved behind it,
+    # three held back until their ETA.
+    try:
+        wait_for(counted, 5, message="1 active and 5 prefetched")
+    except TimeoutError:
+        pytest.fail(f"(active, prefetched) seen: {sorted(set(seen))}")
+    for result in [blocker, *waiting, *eta]:
+        result.get(timeout=30)
+
+    def drained() -> Any:
+        s = worker.scrape()
+        return s.value("celery_worker_prefetched_tasks") == 0 and s
+
+    s = wait_for(drained, 20, message="prefetched back to 0")
+    assert s.sum("csuite_async_obs_instrumentation_errors_total") == 0
+    assert s.value("celery_task_succeeded_total", name="tests.ok", queue_name="celery") == 5
+
+
+def test_redis_reader_fallback_is_exact_for_lengths(
+    forced: Any, redis_server: Any, redis_client: redis.Redis
+) -> None:
+    app = Celery("compat-depth", broker=f"{redis_server.url}/0", set_as_current=False)
+    with app.connection_for_write() as conn:
+        producer = conn.Producer()
+        for priority in (0, 3, 9, 9):
+            producer.publish({"n": priority}, routing_key="cq.full", exchange="", declare=[],
+                             retry=False, priority=priority)  # fmt: skip
+    queues = ["cq.full", "cq.empty"]
+    forced(None)
+    private = open_reader(app, timeout=5.0)
+    forced("redis_channel")
+    fallback = open_reader(app, timeout=5.0)
+    try:
+        assert isinstance(private, RedisReader) and isinstance(fallback, DeclareReader)
+        first, second = private.read(queues), fallback.read(queues)
+        assert dict(first.lengths) == dict(second.lengths) == {"cq.full": 4, "cq.empty": 0}
+        assert first.unacked == 0 and first.absent == ()
+        assert second.unacked is None and second.absent == ABSENT
+        assert second.unknown == first.unknown == ()
+    finally:
+        private.close()
+        fallback.close()
+        app.close()
+
+
+def test_private_and_fallback_hot_paths_agree(forced: Any) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from csuite_async_obs.config.options import ObsSettings
+    from csuite_async_obs.metrics.task_metrics import TaskMetrics
+
+    amounts = [0.0, 0.005, 0.0051, 1.0, 7.5, 3600.0, float("inf"), -1.0, float("nan")]
+    results = []
+    for mode in (None, "all"):
+        forced(mode)
+        registry = CollectorRegistry()
+        series = TaskMetrics(registry, ObsSettings()).task("a", "q")
+        for amount in amounts:
+            series.observe_wait(amount)
+            series.inc_received()
+        samples = sorted(
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if s.name.startswith(("celery_task_queue_wait", "celery_task_received"))
+            and not s.name.endswith("_created")
+        )
+        results.append(samples)
+    private, fallback = results
+    assert [(n, labels) for n, labels, _ in private] == [(n, labels) for n, labels, _ in fallback]
+    for (_, _, a), (_, _, b) in zip(private, fallback, strict=True):
+        assert a == b or (a != a and b != b)  # the sum is NaN on both paths
