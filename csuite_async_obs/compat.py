@@ -8,8 +8,9 @@ private path is not there.  A probe decides once per process, at first use,
 which path each shim takes; :func:`log_paths` logs the decision once (the
 worker calls it at start-up); ``/healthz`` does not change with it.
 
-Behaviour that differs between versions but needs no private attribute (Celery
-reporting a hard time limit twice, Reject's final state) is listed in
+Behaviour that differs between versions but needs no private attribute (Reject's
+final state, the size of a gevent pool) or that a reader would not expect (a hard
+time limit reaching the request twice) is listed in
 :data:`BEHAVIOURS` with where it is handled, so that it is tested on every
 supported version instead of assumed from the newest.
 
@@ -48,6 +49,7 @@ __all__ = [
     "loading_celery_app",
     "log_paths",
     "path_report",
+    "pool_size",
     "redis_layout",
     "request_cancelled",
     "uses_private",
@@ -149,9 +151,9 @@ def _probe_value_class() -> bool:
 
 
 def _probe_scheduled_requests() -> bool:
-    from celery.worker import state
-
     import weakref
+
+    from celery.worker import state
 
     return isinstance(getattr(state, "scheduled_requests", None), (set, weakref.WeakSet))
 
@@ -196,7 +198,7 @@ SHIMS: dict[str, Shim] = {
         Shim(
             "counter_value",
             "prometheus_client",
-            "0.20.0, 0.22.1, 0.23.1",
+            "0.20.0, 0.22.1, 0.26.0",
             "a labelled Counter child's _value (values.MutexValue), whose inc(1) is bound "
             "once per series: half the per-task cost of the public inc()",
             "Counter.inc()",
@@ -205,7 +207,7 @@ SHIMS: dict[str, Shim] = {
         Shim(
             "histogram_internals",
             "prometheus_client",
-            "0.20.0, 0.22.1, 0.23.1",
+            "0.20.0, 0.22.1, 0.26.0",
             "a Histogram child's _upper_bounds, _buckets and _sum, for a binary-search "
             "observe and for reading the values without building samples",
             "Histogram.observe() and Histogram.collect()",
@@ -214,7 +216,7 @@ SHIMS: dict[str, Shim] = {
         Shim(
             "family_internals",
             "prometheus_client",
-            "0.20.0, 0.22.1, 0.23.1",
+            "0.20.0, 0.22.1, 0.26.0",
             "a metric's _metrics (its labelled children), read by the fast exposition",
             "the metric's collect() samples",
             _probe_family_internals,
@@ -222,7 +224,7 @@ SHIMS: dict[str, Shim] = {
         Shim(
             "value_class",
             "prometheus_client",
-            "0.20.0, 0.22.1, 0.23.1",
+            "0.20.0, 0.22.1, 0.26.0",
             "values.ValueClass, swapped for values.MutexValue while a package metric is "
             "built, so that PROMETHEUS_MULTIPROC_DIR never makes it file-backed",
             "the value class prometheus_client chose (in memory unless "
@@ -232,7 +234,7 @@ SHIMS: dict[str, Shim] = {
         Shim(
             "scheduled_requests",
             "celery",
-            "5.7.0 (absent in 5.4.0, 5.5.3, 5.6.3)",
+            "5.7.0 (absent in 5.3.0, 5.4.0, 5.5.3, 5.6.3)",
             "celery.worker.state.scheduled_requests: ETA/countdown requests the worker holds",
             "the Request objects waiting in the consumer's timer queue (kombu's public "
             "Timer.queue), as `celery inspect scheduled` lists them",
@@ -241,7 +243,7 @@ SHIMS: dict[str, Shim] = {
         Shim(
             "announce_revoked",
             "celery",
-            "5.4.0, 5.5.3, 5.6.3, 5.7.0",
+            "5.3.0, 5.4.0, 5.5.3, 5.6.3, 5.7.0",
             "Request._announce_revoked(reason, terminated, signum, expired), the one place "
             "every revocation (revoked, expired, terminated) passes through",
             "the task_revoked signal, de-duplicated by task id",
@@ -250,7 +252,7 @@ SHIMS: dict[str, Shim] = {
         Shim(
             "cancel_flags",
             "celery",
-            "5.4.0, 5.5.3, 5.6.3, 5.7.0",
+            "5.3.0, 5.4.0, 5.5.3, 5.6.3, 5.7.0",
             "Request._already_revoked and _already_cancelled, which tell a child stopped "
             "on purpose from one that died",
             "the package's own record of revocations",
@@ -259,7 +261,7 @@ SHIMS: dict[str, Shim] = {
         Shim(
             "redis_channel",
             "kombu",
-            "5.4.0, 5.5.4, 5.6.2",
+            "5.3.0, 5.4.0, 5.5.4, 5.7.0",
             "the Redis channel's global_keyprefix, priority_steps, sep, unacked_key, "
             "keyprefix_queue and connection pool, to read every priority sub-queue and the "
             "unacked hash in one script",
@@ -271,7 +273,7 @@ SHIMS: dict[str, Shim] = {
         Shim(
             "find_app_frame",
             "celery",
-            "5.4.0, 5.5.3, 5.6.3, 5.7.0",
+            "5.3.0, 5.4.0, 5.5.3, 5.6.3, 5.7.0",
             "a frame of celery.app.utils.find_app on the stack: the celery command is "
             "loading the -A module",
             "the process's command is celery (sys.argv[0])",
@@ -282,26 +284,40 @@ SHIMS: dict[str, Shim] = {
 
 BEHAVIOURS: tuple[Behaviour, ...] = (
     Behaviour(
+        "pool_num_processes",
+        "celery < 5.7: the gevent pool's num_processes counts running greenlets",
+        "the size of a gevent or eventlet pool",
+        "compat.pool_size reads the pool's limit (prefork: its processes)",
+    ),
+    Behaviour(
         "hard_time_limit_reported_twice",
-        "celery 5.7 (once on 5.4-5.6 prefork)",
-        "a hard time limit reaches the request through the pool's error callback and on_timeout",
+        "celery 5.3-5.7 with billiard 4.x (prefork)",
+        "a hard time limit reaches the request twice: on_failure(TimeLimitExceeded) from "
+        "billiard's hard-timeout handler, then on_timeout(soft=False)",
         "a per-request flag counts it once (instrumentation.request)",
     ),
     Behaviour(
         "reject_final_state",
-        "celery < 5.7 keeps STARTED, 5.7 stores REJECTED",
+        "celery 5.3-5.6 store no final state (STARTED stays), 5.7 stores FAILURE",
         "the result backend's state of a task that raised Reject(requeue=False)",
-        "metrics count it from on_failure on every version; tests wait on the metric",
+        "the same hooks run on every version, so the metrics count it once; the task API "
+        "reports what the backend holds (README: known limits); tests wait on the metric",
+    ),
+    Behaviour(
+        "revoke_marks_backend",
+        "celery 5.7 marks a revoked task that is not running REVOKED in the backend at once",
+        "when the result backend learns of a revocation",
+        "metrics count revocations from the worker's request, the same on every version",
     ),
     Behaviour(
         "generated_request_on_success",
-        "celery 5.4-5.7",
+        "celery 5.3-5.7",
         "the Request class Celery generates per task overrides on_success without calling super()",
         "InstrumentedRequestMixin.__init_subclass__ wraps it",
     ),
     Behaviour(
         "backend_cls_class",
-        "celery 5.7 accepts a class in Celery.backend_cls; 5.4-5.6 evaluate '://' in backend on it",
+        "celery 5.7 accepts a class in Celery.backend_cls; 5.3-5.6 evaluate '://' in backend on it",
         "how an app is given a result backend class of its own",
         "install_result_backend() passes a 'module:Class' name, accepted by every version",
     ),
@@ -552,6 +568,18 @@ def _scheduled_count(worker: Any, state: Any, active: set[Any]) -> int:
     return count
 
 
+def pool_size(worker: Any) -> int:
+    """Pool processes or threads of a running worker (behaviour ``pool_num_processes``)."""
+    pool = worker.pool
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    if isinstance(pool, PreforkPool):
+        return int(pool.num_processes)  # the processes it keeps, autoscaled or not
+    # Before Celery 5.7 the gevent and eventlet pools' num_processes counts the
+    # greenlets running now (0 when idle); ``limit`` is the pool's size everywhere.
+    return int(pool.limit)
+
+
 def request_cancelled(request: Any, revoked_here: bool) -> bool:
     """Whether the worker stopped this request's child on purpose (revoke, cancel)."""
     if uses_private("cancel_flags"):
@@ -566,7 +594,7 @@ def install_result_backend(app: Any, backend_class: type) -> None:
     """Make ``app`` build its result backend from ``backend_class``.
 
     The URL is still read from ``app.conf.result_backend``.  Celery 5.7 takes a
-    class in ``Celery.backend_cls``; 5.4 to 5.6 evaluate ``'://' in backend`` on
+    class in ``Celery.backend_cls``; 5.3 to 5.6 evaluate ``'://' in backend`` on
     it, so it is given as the ``module:Class`` name that every version loads.
     """
     app.backend_cls = f"{backend_class.__module__}:{backend_class.__qualname__}"

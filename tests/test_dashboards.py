@@ -138,6 +138,7 @@ def label_values(query: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.generator
 def test_committed_json_is_what_the_generator_makes() -> None:
     rendered = load_generator().render()
     on_disk = {p.name: p.read_text() for p in sorted(DASHBOARDS.glob("*.json"))}
@@ -148,12 +149,14 @@ def test_committed_json_is_what_the_generator_makes() -> None:
         )
 
 
+@pytest.mark.generator
 def test_generator_check_mode_passes_on_the_committed_files() -> None:
     result = subprocess.run([sys.executable, str(GENERATOR), "--check"], capture_output=True,
                             text=True, timeout=120)  # fmt: skip
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
+@pytest.mark.generator
 def test_generator_check_mode_fails_on_a_stale_file(tmp_path: Path) -> None:
     generator = load_generator()
     generator.__dict__["HERE"] = tmp_path  # where main() reads and writes

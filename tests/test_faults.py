@@ -119,7 +119,7 @@ def test_hard_time_limit(workers: Any) -> None:
 
     s = _idle(worker)
     labels = {"name": "tests.hard_limit", "queue_name": Q}
-    # Celery 5.7 reports a hard limit twice (pool error callback and on_timeout): once here.
+    # A hard limit reaches the request twice (pool error callback and on_timeout): once here.
     assert _val(s, "celery_task_time_limit_exceeded_total", kind="hard", **labels) == 1
     assert _val(s, "celery_task_time_limit_exceeded_total", kind="soft", **labels) == 1
     assert _val(s, "celery_task_failed_total", exception="TimeLimitExceeded", **labels) == 1

@@ -209,8 +209,8 @@ class InstrumentedRequestMixin(Request):
         self._csuite_finish("failed", runtime, "WorkerLostError")
 
     def _csuite_hard_limit(self) -> None:
-        # Celery 5.7 reports a hard time limit twice (pool error callback, then
-        # on_timeout): count it once per request.
+        # A hard time limit reaches the request twice on every supported Celery
+        # (billiard's hard-timeout error callback, then on_timeout): count it once.
         if self._csuite_hard:
             return
         self._csuite_hard = True

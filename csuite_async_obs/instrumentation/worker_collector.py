@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..compat import worker_task_counts
+from ..compat import pool_size, worker_task_counts
 from ..metrics.catalog import SPECS
 from ..metrics.const_labels import ConstLabels
 
@@ -49,7 +49,7 @@ class WorkerStateCollector(Collector):
         readings: list[tuple[str, Callable[[], float], tuple[str, ...]]] = [
             ("celery_worker_up", lambda: 1, (str(getattr(worker, "hostname", "")),)),
             ("celery_worker_consumer_up", lambda: 1 if self._consumer_up() else 0, ()),
-            ("celery_worker_pool_size", self._pool_size, ()),
+            ("celery_worker_pool_size", lambda: pool_size(worker), ()),
         ]
         for name, read, labels in readings:
             try:
@@ -63,10 +63,3 @@ class WorkerStateCollector(Collector):
             return
         yield self._gauge("celery_worker_tasks_active", active)
         yield self._gauge("celery_worker_prefetched_tasks", prefetched)
-
-    def _pool_size(self) -> int:
-        pool = getattr(self._worker, "pool", None)
-        size = getattr(pool, "num_processes", None) if pool is not None else None
-        if not isinstance(size, int):
-            size = int(getattr(self._worker, "concurrency", 0) or 0)
-        return size
