@@ -255,7 +255,7 @@ SHIMS: dict[str, Shim] = {
             "5.3.0, 5.4.0, 5.5.3, 5.6.3, 5.7.0",
             "Request._already_revoked and _already_cancelled, which tell a child stopped "
             "on purpose from one that died",
-            "the package's own record of revocations",
+            "the package's own record of revocations and of Request.cancel() calls",
             _probe_cancel_flags,
         ),
         Shim(
@@ -265,9 +265,9 @@ SHIMS: dict[str, Shim] = {
             "the Redis channel's global_keyprefix, priority_steps, sep, unacked_key, "
             "keyprefix_queue and connection pool, to read every priority sub-queue and the "
             "unacked hash in one script",
-            "a passive queue_declare per queue: exact lengths of non-empty queues (kombu "
-            "answers NOT_FOUND for an empty one, since Redis drops empty lists: it is "
-            "reported unknown, not 0); no ages, no unacked count",
+            "a passive queue_declare per queue: exact lengths (kombu answers NOT_FOUND for "
+            "an empty queue, since Redis drops empty lists: reported 0); no ages, no "
+            "unacked count",
             _probe_redis_channel,
         ),
         Shim(
@@ -276,7 +276,7 @@ SHIMS: dict[str, Shim] = {
             "5.3.0, 5.4.0, 5.5.3, 5.6.3, 5.7.0",
             "a frame of celery.app.utils.find_app on the stack: the celery command is "
             "loading the -A module",
-            "the process's command is celery (sys.argv[0])",
+            "none: the error is raised, and Celery prints its traceback of the import",
             _probe_find_app_frame,
         ),
     )
@@ -328,39 +328,43 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
 
 
 class _Paths:
-    """The probes' answers, decided once per process."""
+    """The probes' answers: each shim probed once per process, at its first use, so
+    that a program reads only the libraries it uses (the standalone exporter never
+    imports Celery's worker)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._decided: dict[str, str] | None = None
+        self._decided: dict[str, str] = {}
+        self._forced: frozenset[str] | None = None
         self._logged = False
 
-    def decide(self) -> dict[str, str]:
-        decided = self._decided
+    def path(self, name: str) -> str:
+        decided = self._decided.get(name)
         if decided is not None:
             return decided
         with self._lock:
-            if self._decided is None:
-                self._decided = self._probe()
-            return self._decided
+            if name not in self._decided:
+                self._decided[name] = self._probe(name)
+            return self._decided[name]
 
-    def _probe(self) -> dict[str, str]:
-        forced = _forced()
-        result: dict[str, str] = {}
-        for name, shim in SHIMS.items():
-            if name in forced:
-                result[name] = "fallback (forced)"
-                continue
-            try:
-                ok = shim.probe()
-            except Exception:  # noqa: BLE001 -- a probe that breaks means "not available"
-                ok = False
-            result[name] = "private" if ok else "fallback"
-        return result
+    def decide(self) -> dict[str, str]:
+        return {name: self.path(name) for name in SHIMS}
+
+    def _probe(self, name: str) -> str:
+        if self._forced is None:
+            self._forced = _forced()
+        if name in self._forced:
+            return "fallback (forced)"
+        try:
+            ok = SHIMS[name].probe()
+        except Exception:  # noqa: BLE001 -- a probe that breaks means "not available"
+            ok = False
+        return "private" if ok else "fallback"
 
     def reset(self) -> None:
         with self._lock:
-            self._decided = None
+            self._decided = {}
+            self._forced = None
             self._logged = False
 
 
@@ -384,7 +388,7 @@ _PATHS = _Paths()
 
 def uses_private(name: str) -> bool:
     """Whether shim ``name`` takes its private path in this process."""
-    return _PATHS.decide()[name] == "private"
+    return _PATHS.path(name) == "private"
 
 
 def path_report() -> dict[str, str]:
@@ -519,16 +523,21 @@ def histogram_values(metric: Any) -> list[tuple[tuple[str, ...], list[float]]]:
     return [(key, [*counts, sums.get(key, 0.0)]) for key, counts in grouped.items()]
 
 
-def histogram_bounds(metric: Any, key: tuple[str, ...]) -> list[float]:
-    """The upper bounds of one child's buckets, ``+Inf`` last."""
+def histogram_bounds(metric: Any) -> list[float]:
+    """The upper bounds of a labelled Histogram's buckets, ``+Inf`` last (its
+    children share them); ``[]`` while it has no child."""
     if uses_private("histogram_internals") and uses_private("family_internals"):
-        return list(metric._metrics[key]._upper_bounds)
+        for child in list(metric._metrics.values()):
+            return list(child._upper_bounds)
+        return []
     bounds: list[float] = []
+    first: tuple[str, ...] | None = None
     for family in metric.collect():
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
-                labels = {k: v for k, v in sample.labels.items() if k != "le"}
-                if tuple(labels.values()) == key:
+                key = tuple(v for k, v in sample.labels.items() if k != "le")
+                first = key if first is None else first
+                if key == first:
                     bounds.append(float(sample.labels["le"]))
     return bounds
 
@@ -580,11 +589,12 @@ def pool_size(worker: Any) -> int:
     return int(pool.limit)
 
 
-def request_cancelled(request: Any, revoked_here: bool) -> bool:
-    """Whether the worker stopped this request's child on purpose (revoke, cancel)."""
+def request_cancelled(request: Any, stopped_here: bool) -> bool:
+    """Whether the worker stopped this request's child on purpose (revoke, cancel);
+    ``stopped_here``: what the package itself saw (a revocation, a ``cancel()``)."""
     if uses_private("cancel_flags"):
         return bool(request._already_cancelled or request._already_revoked)
-    return revoked_here
+    return stopped_here
 
 
 # --------------------------------------------------------------------------- Celery app
@@ -612,9 +622,9 @@ def loading_celery_app() -> bool:
                 return True
             frame = frame.f_back  # type: ignore[assignment]
         return False
-    return os.path.basename(sys.argv[0] or "") in ("celery", "__main__.py") and (
-        "celery.bin.celery" in sys.modules
-    )
+    # Without the frame the moment cannot be told from a running worker, where a
+    # ConfigError must stay an exception: the caller gets Celery's traceback.
+    return False
 
 
 # --------------------------------------------------------------------------- kombu

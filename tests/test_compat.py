@@ -141,7 +141,8 @@ def test_redis_reader_fallback_is_exact_for_lengths(
         for priority in (0, 3, 9, 9):
             producer.publish({"n": priority}, routing_key="cq.full", exchange="", declare=[],
                              retry=False, priority=priority)  # fmt: skip
-    queues = ["cq.full", "cq.empty"]
+    redis_client.set("cq.wrong", "not a list")
+    queues = ["cq.full", "cq.empty", "cq.wrong"]
     forced(None)
     private = open_reader(app, timeout=5.0)
     forced("redis_channel")
@@ -152,7 +153,8 @@ def test_redis_reader_fallback_is_exact_for_lengths(
         assert dict(first.lengths) == dict(second.lengths) == {"cq.full": 4, "cq.empty": 0}
         assert first.unacked == 0 and first.absent == ()
         assert second.unacked is None and second.absent == ABSENT
-        assert second.unknown == first.unknown == ()
+        # A key that is not a list is a queue neither can read: unknown, never 0.
+        assert second.unknown == first.unknown == ("cq.wrong",)
     finally:
         private.close()
         fallback.close()

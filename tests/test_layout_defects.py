@@ -147,11 +147,26 @@ def test_a_dropped_app_is_freed_and_uninstrument_undoes_everything(no_env_broker
     flags = {o.flag for o in OBS_OPTIONS}
     assert not [o for o in app.user_options["worker"] if set(o.opts) & flags]
     app.tasks["shared.task"].delay()
-    assert registry.get_sample_value("celery_task_sent_total", labels) == 1
+    # Not counted, and its metrics are off the registry (which is the caller's).
+    assert instrumentation.metrics.task("shared.task", labels["queue_name"]).sent._value.get() == 1
+    assert registry.get_sample_value("celery_task_sent_total", labels) is None
     assert uninstrument(app) is False
-    again = instrument(app, registry=CollectorRegistry(), metrics_port=0)
+    # Instrumented again on the same (caller's) registry: the old metrics are gone from it.
+    again = instrument(app, registry=registry, metrics_port=0)
     assert again is not instrumentation and instrumentation_for(app) is again
+    app.tasks["shared.task"].delay()
+    assert registry.get_sample_value("celery_task_sent_total", labels) == 1
     uninstrument(app)
+
+    # A send_task wrapper of someone else's, set before instrumenting, is given back.
+    def theirs(*args: Any, **kwargs: Any) -> Any:
+        return Celery.send_task(app, *args, **kwargs)
+
+    app.send_task = theirs  # type: ignore[method-assign]
+    instrument(app, registry=CollectorRegistry(), metrics_port=0)
+    assert app.__dict__["send_task"] is not theirs
+    uninstrument(app)
+    assert app.__dict__["send_task"] is theirs
 
 
 def test_exporter_help_says_what_the_exporter_does() -> None:

@@ -158,7 +158,12 @@ class ConnectionServer:
         self._stopping = True
         _LIVE.discard(self)
         self._wake()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        else:  # never started: the loop's own clean-up never ran
+            for sock in (self._listener, self._wake_r, self._wake_w):
+                sock.close()
+            self._selector.close()
         return True
 
     # ------------------------------------------------------------------ to override

@@ -18,6 +18,7 @@ from celery import bootsteps
 
 from ..config.errors import ConfigError
 from ..config.options import OBS_OPTIONS
+from .hooks import worker_booting
 from .registry import instrumentation_for
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class MetricsStep(bootsteps.StartStopStep):
         self.instrumentation = instrumentation_for(worker.app)
         if self.instrumentation is None:
             return
+        worker_booting()
         flags = {option.attr: kwargs.get(_kwarg(option.flag)) for option in OBS_OPTIONS}
         try:
             self.instrumentation.reconfigure(flags)

@@ -56,14 +56,32 @@ def publishing(app: Celery) -> Iterator[None]:
         _PUBLISHING.reset(token)
 
 
+_IN_WORKER = False
+
+
+def worker_booting() -> None:
+    """Called by the worker bootstep before the pool starts: a process forked from
+    here on is a pool child (or another helper process), whose memory nobody scrapes."""
+    global _IN_WORKER
+    _IN_WORKER = True
+
+
 def _mark_pool_process(**_: Any) -> None:
-    # Sent by Celery in every prefork pool child as it starts, and by the solo
-    # pool in the worker itself (a public signal).
+    # worker_process_init: sent by Celery in every prefork pool child (forked or
+    # spawned) as it starts, and by the solo pool in the worker itself.
     global _POOL_PROCESS_PID
     _POOL_PROCESS_PID = os.getpid()
 
 
+def _forked() -> None:
+    # A fork of a worker's main process: a pool child from its first instruction,
+    # before worker_process_init (imports done while it starts may publish).
+    if _IN_WORKER:
+        _mark_pool_process()
+
+
 signals.worker_process_init.connect(_mark_pool_process, weak=False, dispatch_uid=__name__)
+os.register_at_fork(after_in_child=_forked)
 
 
 class TaskHooks:
@@ -118,9 +136,11 @@ class TaskHooks:
             return
         publishing = _PUBLISHING.get()
         if publishing is None:
-            # A publish that bypassed Celery.send_task: the current app's.
-            publishing = current_app._get_current_object()
-        if publishing is not self.app:
+            # A publish that bypassed Celery.send_task: the current app's (the
+            # proxy compares the app it stands for).
+            if current_app != self.app:
+                return
+        elif publishing is not self.app:
             return
         try:
             name = sender or (headers or {}).get("task") or "unknown"

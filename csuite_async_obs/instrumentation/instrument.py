@@ -8,7 +8,9 @@ instruments its requests and serves ``/metrics`` from its main process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["Instrumentation", "instrument", "instrumentation_for", "uninstrument"]
 
 _LOCK = threading.Lock()
+_UIDS = itertools.count(1)
 
 
 class Instrumentation:
@@ -61,7 +64,8 @@ class Instrumentation:
         # a registry of their own, seen through ``registry``; the exporter renders
         # the task metrics with the fast renderer and this one with prometheus_client.
         self.extra_registry = CollectorRegistry()
-        self.registry.register(_RegistryView(self.extra_registry))
+        self._view = _RegistryView(self.extra_registry)
+        self.registry.register(self._view)
         self._own_registry = registry is None
         self.hooks = TaskHooks(app, self.metrics, self.settings)
         self.exporter: Exporter | None = None
@@ -72,7 +76,11 @@ class Instrumentation:
         self._worker_collector: WorkerStateCollector | None = None
         self._queue_depth: QueueDepthPoller | None = None
         self._original_requests: dict[str, Any] = {}
-        self._uid = f"csuite_async_obs:{id(self)}"
+        self._send_task: tuple[Any, Any] | None = None
+        self._own_send_task = False
+        # Not id(self): a freed instrumentation's id is reused, and Celery keeps a
+        # dead weak receiver's dispatch_uid until it cleans up, refusing the new one.
+        self._uid = f"csuite_async_obs:{next(_UIDS)}"
 
     # ------------------------------------------------------------------ wiring
 
@@ -94,6 +102,7 @@ class Instrumentation:
         for signal, receiver, suffix in self._signals():
             signal.connect(receiver, weak=True, dispatch_uid=self._uid + suffix)
         send_task = self.app.send_task
+        self._own_send_task = "send_task" in self.app.__dict__  # someone else's wrapper
 
         @functools.wraps(send_task)
         def send_task_marked(*args: Any, **kwargs: Any) -> Any:
@@ -102,12 +111,21 @@ class Instrumentation:
 
         # An instance attribute, so that Task.apply_async, retries, canvas and
         # beat (which all call app.send_task) publish through it.
+        self._send_task = (send_task, send_task_marked)
         self.app.send_task = send_task_marked  # type: ignore[method-assign]
 
     def disconnect_signals(self) -> None:
         for signal, _receiver, suffix in self._signals():
             signal.disconnect(dispatch_uid=self._uid + suffix)
-        self.app.__dict__.pop("send_task", None)
+        if self._send_task is None:
+            return
+        original, marked = self._send_task
+        self._send_task = None
+        if self.app.__dict__.get("send_task") is marked:
+            if self._own_send_task:
+                self.app.send_task = original  # type: ignore[method-assign]
+            else:
+                del self.app.__dict__["send_task"]
 
     def _on_unknown(self, sender: Any = None, **kwargs: Any) -> None:
         if getattr(sender, "app", self.app) is self.app:
@@ -206,6 +224,13 @@ class Instrumentation:
             self._worker_collector = None
         self.consumer_running = False
 
+    def unregister(self) -> None:
+        """Take every metric of this instrumentation off its registry (which may be the
+        caller's), so that the app can be instrumented on it again."""
+        self.metrics.unregister()
+        with contextlib.suppress(KeyError):
+            self.registry.unregister(self._view)
+
     def renderer(self) -> Callable[[str], tuple[bytes, str]] | None:
         """The exporter's fast ``/metrics`` renderer, or ``None`` to use the registry as is.
 
@@ -301,6 +326,7 @@ def uninstrument(app: Celery) -> bool:
         instrumentation.worker_stopped()
         instrumentation.disconnect_signals()
         instrumentation.restore_request_classes()
+        instrumentation.unregister()
         remove_worker_steps(app)
         forget(app)
         return True

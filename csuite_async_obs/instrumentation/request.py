@@ -86,6 +86,7 @@ class InstrumentedRequestMixin(Request):
     _csuite_done = False
     _csuite_hard = False
     _csuite_revoked = False
+    _csuite_cancelled = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -186,7 +187,8 @@ class InstrumentedRequestMixin(Request):
             self._csuite_finish("revoked", runtime)
         elif isinstance(exc, (SystemExit, KeyboardInterrupt)):
             # Celery turns these into WorkerLostError unless it stopped the child itself.
-            if not request_cancelled(self, self._csuite_revoked or hooks_revoked(self)):
+            stopped = self._csuite_revoked or self._csuite_cancelled or hooks_revoked(self)
+            if not request_cancelled(self, stopped):
                 self._csuite_lost(runtime)
         elif isinstance(exc, Reject):
             self._csuite_finish("rejected", runtime)
@@ -218,6 +220,12 @@ class InstrumentedRequestMixin(Request):
         series.time_limit["hard"].inc()
         if self._csuite_hooks.task_log:
             self._csuite_hooks.event("task_time_limit", self, series, kind="hard")
+
+    def cancel(self, *args: Any, **kwargs: Any) -> Any:
+        # Celery cancels a running task to re-queue it (connection loss): its child
+        # then exits on purpose, which is not a lost worker.
+        self._csuite_cancelled = True
+        return super().cancel(*args, **kwargs)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         hooks = self._csuite_hooks

@@ -75,6 +75,8 @@ class TaskExposition:
         self.families = tuple(families)
         # Per metric: label values -> [prefix(es), last values, last text].
         self._cache: dict[int, dict[Any, list[Any]]] = {}
+        # A histogram's bucket bounds, read once: every child of one metric shares them.
+        self._bounds: dict[int, list[float]] = {}
         self._lock = threading.Lock()
 
     def _counter(self, spec: Family, openmetrics: bool, out: list[bytes]) -> None:
@@ -110,9 +112,11 @@ class TaskExposition:
                 labels = _labels(names, key)
                 sep = "," if labels else ""
                 braces = f"{{{labels}}}" if labels else ""
+                bounds = self._bounds.get(id(metric))
+                if not bounds:
+                    bounds = self._bounds[id(metric)] = histogram_bounds(metric)
                 prefixes = [
-                    f'{family}_bucket{{{labels}{sep}le="{_number(bound)}"}} '
-                    for bound in histogram_bounds(metric, key)
+                    f'{family}_bucket{{{labels}{sep}le="{_number(bound)}"}} ' for bound in bounds
                 ]
                 prefixes += [f"{family}_count{braces} ", f"{family}_sum{braces} "]
                 entry = cache[key] = [prefixes, None, b""]

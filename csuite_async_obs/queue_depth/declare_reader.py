@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from kombu.exceptions import ChannelError
+
 from .reading import BrokerReader, Reading, close_quietly
 
 __all__ = ["DeclareReader"]
@@ -41,12 +43,17 @@ class DeclareReader(BrokerReader):
             self.round_trips += 1
             try:
                 _, count, _ = self._channel.queue_declare(queue=name, passive=True)
-            except conn.channel_errors:
-                # NOT_FOUND and friends: AMQP closes the channel after one.
+            except conn.channel_errors as exc:
                 if self.missing_is_empty:
-                    lengths[name] = 0
-                else:
-                    unknown.append(name)
+                    # kombu's virtual channel stays usable; only NOT_FOUND means empty
+                    # (a key of another type, say, is a queue it cannot read).
+                    if isinstance(exc, ChannelError):
+                        lengths[name] = 0
+                    else:
+                        unknown.append(name)
+                    continue
+                # NOT_FOUND and friends: AMQP closes the channel after one.
+                unknown.append(name)
                 close_quietly(self._channel)
                 self._channel = conn.channel()
                 continue
