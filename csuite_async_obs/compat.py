@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import math
 import os
 import sys
@@ -497,30 +496,33 @@ def counter_values(metric: Any) -> list[tuple[tuple[str, ...], float]]:
 
 
 def histogram_values(metric: Any) -> list[tuple[tuple[str, ...], list[float]]]:
-    """Every child of a labelled Histogram: ``(label values, [cumulative buckets..., sum])``.
+    """Every child of a labelled Histogram: ``(label values, [bucket counts..., sum])``.
 
-    The buckets are in bound order, the last one ``+Inf`` (so it is the count).
+    The counts are per bucket (not cumulative), in bound order, ``+Inf`` last:
+    a renderer sums them only for the series that changed.
     """
     if uses_private("family_internals") and uses_private("histogram_internals"):
         out = []
         for key, child in list(metric._metrics.items()):
             # The floats themselves, not .get(): a lock round trip per bucket was
             # most of the render, and a scrape is never a consistent cut anyway.
-            counts = list(itertools.accumulate(bucket._value for bucket in child._buckets))
+            counts = [bucket._value for bucket in child._buckets]
             counts.append(child._sum._value)
             out.append((key, counts))
         return out
-    grouped: dict[tuple[str, ...], list[float]] = {}
+    cumulative: dict[tuple[str, ...], list[float]] = {}
     sums: dict[tuple[str, ...], float] = {}
     for family in metric.collect():
         for sample in family.samples:
-            labels = {k: v for k, v in sample.labels.items() if k != "le"}
-            key = tuple(labels.values())
+            key = tuple(v for k, v in sample.labels.items() if k != "le")
             if sample.name.endswith("_bucket"):
-                grouped.setdefault(key, []).append(float(sample.value))
+                cumulative.setdefault(key, []).append(float(sample.value))
             elif sample.name.endswith("_sum"):
                 sums[key] = float(sample.value)
-    return [(key, [*counts, sums.get(key, 0.0)]) for key, counts in grouped.items()]
+    return [
+        (key, [b - a for a, b in zip([0.0, *counts[:-1]], counts, strict=True)] + [sums[key]])
+        for key, counts in cumulative.items()
+    ]
 
 
 def histogram_bounds(metric: Any) -> list[float]:

@@ -125,11 +125,12 @@ class TaskExposition:
                 append(entry[2])
                 continue
             prefixes = entry[0]
-            lines = [
-                prefix + _number(count) + "\n"
-                for prefix, count in zip(prefixes, counts[:-1], strict=False)
-            ]
-            lines.append(prefixes[-2] + _number(counts[-2]) + "\n")
+            lines = []
+            running = 0.0
+            for prefix, count in zip(prefixes, counts[:-1], strict=False):
+                running += count
+                lines.append(prefix + _number(running) + "\n")
+            lines.append(prefixes[-2] + _number(running) + "\n")
             lines.append(prefixes[-1] + _number(counts[-1]) + "\n")
             entry[1] = counts
             entry[2] = chunk = "".join(lines).encode()
