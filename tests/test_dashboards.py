@@ -264,6 +264,7 @@ def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
 
 
+@pytest.mark.generator
 def test_overview_tables_link_to_the_task_dashboard() -> None:
     generator = load_generator()
     overview = committed()["overview.json"]
