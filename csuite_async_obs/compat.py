@@ -303,6 +303,15 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
         "reports what the backend holds (README: known limits); tests wait on the metric",
     ),
     Behaviour(
+        "active_after_broker_restart",
+        "celery 5.4.0, 5.5.3 (and 5.3.0): requests running when the broker dies stay active "
+        "for good; 5.7.0 finishes them",
+        "Celery's own worker state after a broker restart (`celery inspect active`, checked "
+        "with a plain worker)",
+        "celery_worker_tasks_active reads that state, so it shows them; the fault test "
+        "checks executions = finished + active on every version",
+    ),
+    Behaviour(
         "revoke_marks_backend",
         "celery 5.7 marks a revoked task that is not running REVOKED in the backend at once",
         "when the result backend learns of a revocation",
