@@ -622,8 +622,10 @@ def test_broker_killed_and_restarted_under_load(tmp_path: Path, redis_server: Re
         assert not (never_ran - waiting) & set(received_ids), report
         assert started == len(executions), report
         assert received == len(received_ids) == len(set(received_ids)), report
-        assert succeeded == states["SUCCESS"], report
-        assert failed == states["FAILURE"], report
+        # A request left active (Celery < 5.7, above) may have stored its state from
+        # the pool child before the main process lost track of it: at most that many.
+        assert succeeded <= states["SUCCESS"] <= succeeded + stuck[0], report
+        assert failed <= states["FAILURE"] <= failed + stuck[0], report
         assert states[None] == len(never_ran), report
         assert s.sum("celery_task_runtime_seconds_count", name="tests.mark") == started - stuck[0]
         assert _val(s, "celery_task_revoked_total", **labels) == 0
