@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    # A collected AsyncResult unsubscribes from its result channel over Redis; Celery
+    # before 5.7 retries that for minutes once Redis is gone.  Collect them first.
+    gc.collect()
     if _SERVER is not None:
         _SERVER.stop()
 
