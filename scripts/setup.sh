@@ -7,6 +7,7 @@ setup_system_packages() {
     case "$pkg" in
       redis-server) command -v redis-server >/dev/null || missing+=(redis-server) ;;
       prometheus) { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus) ;;
+      rabbitmq-server) [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server) ;;
       *) missing+=("$pkg") ;;
     esac
   done
@@ -17,7 +18,7 @@ setup_system_packages() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The Debian packages start system services; the tests start their own servers.
-  for svc in redis-server prometheus; do
+  for svc in redis-server prometheus rabbitmq-server; do
     $sudo service "$svc" stop >/dev/null 2>&1 || true
   done
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +11,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from csuite_async_obs.servers.rabbitmq_server import RabbitMQServer
 from csuite_async_obs.servers.redis_server import RedisServer
 
 from .support import Worker, base_env
 
 _SERVER: RedisServer | None = None
+_RABBITMQ: RabbitMQServer | None = None
+_VHOSTS = itertools.count(1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,6 +39,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # A collected AsyncResult unsubscribes from its result channel over Redis; Celery
     # before 5.7 retries that for minutes once Redis is gone.  Collect them first.
     gc.collect()
+    if _RABBITMQ is not None:
+        _RABBITMQ.close()
     if _SERVER is not None:
         _SERVER.stop()
 
@@ -72,6 +78,43 @@ def worker_env(redis_server: RedisServer, redis_client: redis.Redis) -> dict[str
 @pytest.fixture()
 def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerFactory]:
     factory = WorkerFactory(worker_env, tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> RabbitMQServer:
+    """One private RabbitMQ node for the session, started by the first test that needs it."""
+    global _RABBITMQ
+    if _RABBITMQ is None:
+        _RABBITMQ = RabbitMQServer().start()
+    elif _RABBITMQ.process is None:  # a fault test stopped it and failed before restarting
+        _RABBITMQ.start()
+    return _RABBITMQ
+
+
+@pytest.fixture()
+def rabbitmq_vhost(rabbitmq_server: RabbitMQServer) -> Iterator[str]:
+    """A fresh vhost per test (its queues and messages go with it); its AMQP URL."""
+    vhost = f"test{next(_VHOSTS)}"
+    rabbitmq_server.ctl("add_vhost", vhost)
+    rabbitmq_server.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:{rabbitmq_server.port}/{vhost}"
+    if rabbitmq_server.process is not None:
+        rabbitmq_server.ctl("delete_vhost", vhost)
+
+
+@pytest.fixture()
+def rabbitmq_env(
+    rabbitmq_vhost: str, redis_server: RedisServer, redis_client: redis.Redis
+) -> dict[str, str]:
+    """Worker environment on RabbitMQ (results in Redis, as the exactness tests read them)."""
+    return base_env(rabbitmq_vhost, f"{redis_server.url}/1")
+
+
+@pytest.fixture()
+def rabbitmq_workers(rabbitmq_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerFactory]:
+    factory = WorkerFactory(rabbitmq_env, tmp_path)
     yield factory
     factory.stop_all()
 

@@ -29,12 +29,15 @@ def options_table() -> str:
 
 def metrics_table() -> str:
     rows = [
-        "| metric | type | labels | meaning | series at 0 from start |",
-        "|---|---|---|---|---|",
+        "| metric | type | labels | meaning | series at 0 from start | brokers |",
+        "|---|---|---|---|---|---|",
     ]
     for spec in METRICS:
         labels = ", ".join(f"`{label}`" for label in spec.labels) or "(none)"
         help_text = spec.help.replace("|", "\\|")
         zero = spec.zero_initialised.replace("|", "\\|")
-        rows.append(f"| `{spec.name}` | {spec.type} | {labels} | {help_text} | {zero} |")
+        brokers = (spec.brokers or "all").replace("|", "\\|")
+        rows.append(
+            f"| `{spec.name}` | {spec.type} | {labels} | {help_text} | {zero} | {brokers} |"
+        )
     return "\n".join(rows)

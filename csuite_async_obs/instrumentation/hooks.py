@@ -2,7 +2,11 @@
 
 Publish side: ``before_task_publish`` stamps the message with the publish time
 (and the ETA, when later; :mod:`csuite_async_obs.protocol`) so the worker can
-measure time spent in the queue without Celery events; ``after_task_publish``
+measure time spent in the queue without Celery events.  On AMQP it also sets
+the message's ``timestamp`` property, the one publish time RabbitMQ itself can
+see (its management API reports the head message's, in whole seconds: the
+oldest-message age on RabbitMQ); on kombu's virtual transports the property
+would be stored as JSON, so it is left out there.  ``after_task_publish``
 counts ``celery_task_sent_total``.  Celery's publish signals carry no app, and
 every instrumented app connects to them, so each publish is attributed to the
 app that made it: :func:`publishing` marks the app for the duration of its
@@ -20,7 +24,7 @@ import contextvars
 import os
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from celery import current_app, signals
@@ -98,6 +102,7 @@ class TaskHooks:
         #: ``fail(hook, exc)``: count and (rate-limited) log an error raised
         #: inside the instrumentation; never raises.
         self.fail = ErrorReporter(lambda hook: self.metrics.error(hook), self.log)
+        self._amqp: bool | None = None  # whether publishes go over AMQP; known at the first
         # The instrumented Request class made for each base class (see .request).
         self.request_classes: dict[type, type] = {}
         #: Task ids the task_revoked fallback counted (bounded: only the
@@ -106,11 +111,31 @@ class TaskHooks:
 
     # ------------------------------------------------------------------ publish side
 
-    def before_publish(self, headers: dict[str, Any] | None = None, **_: Any) -> None:
+    def _publishes_amqp(self) -> bool:
+        if self._amqp is None:
+            try:
+                conn = self.app.connection_for_write()  # no I/O: only the transport is chosen
+                try:
+                    self._amqp = conn.transport.driver_type == "amqp"
+                finally:
+                    conn.release()
+            except Exception:  # noqa: BLE001 -- no property then; the publish is what matters
+                self._amqp = False
+        return self._amqp
+
+    def before_publish(
+        self,
+        headers: dict[str, Any] | None = None,
+        properties: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
         if headers is None:
             return
         try:
             now = time.time()
+            if properties is not None and self._publishes_amqp():
+                # py-amqp encodes the property from a datetime (whole seconds).
+                properties["timestamp"] = datetime.fromtimestamp(now, tz=timezone.utc)
             # Always overwrite: a retry re-publishes the request's own headers.
             headers[PUBLISHED_AT_HEADER] = now
             headers.pop(DUE_AT_HEADER, None)

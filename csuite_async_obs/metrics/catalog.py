@@ -41,6 +41,8 @@ class MetricSpec:
     labels: tuple[str, ...]
     help: str
     zero_initialised: str = ""
+    #: Which brokers give it, where not every one does (the README's table says so).
+    brokers: str = ""
 
 
 TASK = ("name", "queue_name")
@@ -57,7 +59,16 @@ METRICS: tuple[MetricSpec, ...] = (
         "celery_task_received_total",
         "counter",
         TASK,
-        "Task messages received by the worker.",
+        "Task messages received by the worker for the first time: a message the broker "
+        "delivers again is counted in celery_task_redelivered_total instead.",
+        "yes",
+    ),
+    MetricSpec(
+        "celery_task_redelivered_total",
+        "counter",
+        TASK,
+        "Task messages received again after a lost connection or worker (AMQP's "
+        "redelivered flag; on Redis, kombu's restore of unacknowledged messages).",
         "yes",
     ),
     MetricSpec(
@@ -174,22 +185,35 @@ METRICS: tuple[MetricSpec, ...] = (
         "celery_queue_length",
         "gauge",
         ("queue_name",),
-        "Messages waiting in the queue (all priority sub-queues), at the last poll.",
+        "Messages ready in the queue (all priority sub-queues), at the last poll.",
         "reported from the first successful poll",
+        "Redis, RabbitMQ (API or passive declare), other kombu transports",
     ),
     MetricSpec(
         "celery_queue_oldest_message_age_seconds",
         "gauge",
         ("queue_name",),
-        "Age of the oldest waiting message (from its publish timestamp header); 0 when empty.",
+        "Age of the oldest ready message, from its publish time; 0 when the queue is empty.",
         "reported from the first successful poll",
+        "Redis (oldest of all priority sub-queues); RabbitMQ management API (head message, "
+        "1 s resolution)",
     ),
     MetricSpec(
         "celery_queue_unacked_messages",
         "gauge",
-        (),
-        "Messages taken by workers and not yet acknowledged (prefetched, running, ETA).",
+        ("queue_name",),
+        "Messages delivered to workers and not acknowledged yet (prefetched, running, "
+        "countdown/ETA).",
         "reported from the first successful poll",
+        "Redis (by the queue the message is restored to); RabbitMQ management API",
+    ),
+    MetricSpec(
+        "celery_queue_consumers",
+        "gauge",
+        ("queue_name",),
+        "Consumers (worker connections) subscribed to the queue.",
+        "reported from the first successful poll",
+        "RabbitMQ (API or passive declare); not Redis, which has no consumer registry",
     ),
     MetricSpec(
         "celery_queue_length_poll_errors_total",

@@ -47,6 +47,7 @@ class QueueDepthCollector(Collector):
         "celery_queue_length",
         "celery_queue_oldest_message_age_seconds",
         "celery_queue_unacked_messages",
+        "celery_queue_consumers",
         "celery_queue_length_poll_errors_total",
         "celery_queue_length_last_success_timestamp_seconds",
     )
@@ -66,23 +67,25 @@ class QueueDepthCollector(Collector):
 
     def _families(self, state: PollState, now: float) -> list[Metric]:
         const = list(self._const.values)
-        length, age, unacked, errors, success = (self._family(n) for n in self._NAMES)
+        length, age, unacked, consumers, errors, success = (self._family(n) for n in self._NAMES)
         reading = state.reading
         if reading is not None:
+            ages = reading.ages_supported
             for name in sorted(reading.lengths):
+                labels = [name, *const]
                 count = reading.lengths[name]
-                length.add_metric([name, *const], count)
-                if not reading.ages_supported:
+                length.add_metric(labels, count)
+                if name in reading.unacked:
+                    unacked.add_metric(labels, reading.unacked[name])
+                if name in reading.consumers:
+                    consumers.add_metric(labels, reading.consumers[name])
+                if not ages:
                     continue
                 if count == 0:
-                    age.add_metric([name, *const], 0.0)
+                    age.add_metric(labels, 0.0)
                 elif name in reading.oldest_published_at:
                     # Clock skew between publisher and exporter can make it negative.
-                    age.add_metric(
-                        [name, *const], max(0.0, now - reading.oldest_published_at[name])
-                    )
-            if reading.unacked is not None:
-                unacked.add_metric(const, reading.unacked)
+                    age.add_metric(labels, max(0.0, now - reading.oldest_published_at[name]))
         errors.add_metric(const, state.errors)
         success.add_metric(const, state.last_success)
-        return [length, age, unacked, errors, success]
+        return [length, age, unacked, consumers, errors, success]

@@ -1,9 +1,10 @@
 """Queue depth on any other kombu transport: a passive ``queue_declare`` per queue.
 
 AMQP (RabbitMQ) and the other transports answer a passive declare with the
-number of ready messages; a queue the broker does not know (``NOT_FOUND``) or
-that fails is *unknown*, never 0.  Ages and the unacked count are not known
-this way; the broker's own API is the place for them.
+number of ready messages and of consumers; a queue the broker does not know
+(``NOT_FOUND``) or that fails is *unknown*, never 0.  Ages and unacked counts
+are not known this way (RabbitMQ's management API is the place for them: the
+fallback when that API cannot be reached).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from typing import Any
 
 from kombu.exceptions import ChannelError
 
-from .reading import BrokerReader, Reading, close_quietly
+from .reading import AGE, CONSUMERS, UNACKED, BrokerReader, Reading, close_quietly
 
 __all__ = ["DeclareReader"]
 
 
 #: What a passive declare cannot tell: said in ``/healthz`` and logged once.
-ABSENT = ("celery_queue_oldest_message_age_seconds", "celery_queue_unacked_messages")
+ABSENT = (AGE, UNACKED)
+#: kombu's virtual transports count no consumers either.
+VIRTUAL_ABSENT = (AGE, CONSUMERS, UNACKED)
 
 
 class DeclareReader(BrokerReader):
@@ -38,11 +41,12 @@ class DeclareReader(BrokerReader):
     def _read(self, queues: Sequence[str]) -> Reading:
         conn = self._conn
         lengths: dict[str, int] = {}
+        consumers: dict[str, int] = {}
         unknown: list[str] = []
         for name in queues:
             self.round_trips += 1
             try:
-                _, count, _ = self._channel.queue_declare(queue=name, passive=True)
+                _, count, consumer_count = self._channel.queue_declare(queue=name, passive=True)
             except conn.channel_errors as exc:
                 if self.missing_is_empty:
                     # kombu's virtual channel stays usable; only NOT_FOUND means empty
@@ -58,4 +62,7 @@ class DeclareReader(BrokerReader):
                 self._channel = conn.channel()
                 continue
             lengths[name] = int(count)
-        return Reading(lengths, {}, None, tuple(unknown), ages_supported=False, absent=ABSENT)
+            consumers[name] = int(consumer_count)
+        if self.missing_is_empty:
+            return Reading(lengths, unknown=tuple(unknown), absent=VIRTUAL_ABSENT)
+        return Reading(lengths, consumers=consumers, unknown=tuple(unknown), absent=ABSENT)

@@ -18,30 +18,41 @@ from typing import Any
 
 from ..logs import get_logger
 
-__all__ = ["BrokerReader", "Reading", "close_quietly"]
+__all__ = ["AGE", "CONSUMERS", "UNACKED", "BrokerReader", "Reading", "close_quietly"]
+
+
+#: The per-queue metrics a reader may be unable to give (listed in ``Reading.absent``).
+AGE = "celery_queue_oldest_message_age_seconds"
+UNACKED = "celery_queue_unacked_messages"
+CONSUMERS = "celery_queue_consumers"
 
 
 @dataclass(frozen=True)
 class Reading:
     """One successful read of the broker.
 
-    ``lengths`` holds the queues whose length is known; ``unknown`` the queues
-    the broker could not report.  ``oldest_published_at`` holds, for non-empty
-    queues whose oldest message carries the publish header, that timestamp.
-    ``unacked`` and ages are ``None``/absent where the broker cannot tell
-    (``ages_supported`` is false off Redis).
+    ``lengths`` holds the queues whose ready count is known; ``unknown`` the
+    queues the broker could not report.  ``oldest_published_at`` holds, for
+    non-empty queues whose oldest message carries a publish time the reader can
+    see, that Unix time.  ``unacked`` and ``consumers`` hold per-queue counts
+    where the broker tells them.  ``absent`` names the metrics this reader
+    cannot give at all (``/healthz`` lists them, the poller logs them once): a
+    metric in ``absent`` gets no series, which a rule on ``absent()`` can see.
     """
 
     lengths: Mapping[str, int]
     oldest_published_at: Mapping[str, float] = field(default_factory=dict)
-    unacked: int | None = None
+    unacked: Mapping[str, int] = field(default_factory=dict)
+    consumers: Mapping[str, int] = field(default_factory=dict)
     unknown: tuple[str, ...] = ()
-    ages_supported: bool = False
-    #: Queue metrics this broker's reader cannot give (``/healthz`` lists them).
     absent: tuple[str, ...] = ()
     round_trips: int = 0
     duration: float = 0.0
     taken_at: float = 0.0
+
+    @property
+    def ages_supported(self) -> bool:
+        return AGE not in self.absent
 
 
 class BrokerReader(ABC):
@@ -50,9 +61,6 @@ class BrokerReader(ABC):
     Subclasses implement :meth:`_read` and, where the broker can list its
     queues, :meth:`discover`.
     """
-
-    #: Whether :attr:`Reading.oldest_published_at` and ``unacked`` can be known.
-    ages_supported = False
 
     def __init__(self, conn: Any, channel: Any, log: Any = None) -> None:
         self._conn = conn

@@ -40,7 +40,7 @@ from typing import Any
 
 from ..compat import RedisLayout
 from ..protocol import PUBLISHED_AT_HEADER
-from .reading import BrokerReader, Reading
+from .reading import CONSUMERS, UNACKED, BrokerReader, Reading
 
 __all__ = ["DEPTH_SCRIPT", "RedisReader"]
 
@@ -139,8 +139,6 @@ def _redis_glob_escape(text: str) -> str:
 class RedisReader(BrokerReader):
     """Reads kombu's Redis lists with one script a poll (a pipeline where scripts are refused)."""
 
-    ages_supported = True
-
     def __init__(
         self,
         conn: Any,
@@ -208,9 +206,7 @@ class RedisReader(BrokerReader):
                 value = float(stamp)
                 if math.isfinite(value):
                     oldest[name] = value
-        unacked_reply = int(replies[-1])
-        unacked = None if unacked_reply < 0 else unacked_reply
-        return Reading(lengths, oldest, unacked, tuple(unknown), ages_supported=True)
+        return Reading(lengths, oldest, unknown=tuple(unknown), absent=(CONSUMERS, UNACKED))
 
     def _read_redis_pipeline(self, queues: Sequence[str]) -> Reading:
         keys = {name: self.layout.keys(name) for name in queues}
@@ -245,9 +241,7 @@ class RedisReader(BrokerReader):
             lengths[name] = total
             if total and stamps and all(s is not None for s in stamps):
                 oldest[name] = min(s for s in stamps if s is not None)
-        unacked_reply = replies[pos]
-        unacked = None if isinstance(unacked_reply, Exception) else int(unacked_reply)
-        return Reading(lengths, oldest, unacked, tuple(unknown), ages_supported=True)
+        return Reading(lengths, oldest, unknown=tuple(unknown), absent=(CONSUMERS, UNACKED))
 
     def discover(self) -> list[str]:
         """Queues bound on the broker: the members of kombu's binding sets."""
