@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ConfigError
 from .parse import (
     parse_address,
+    parse_api_url,
     parse_bool,
     parse_buckets,
     parse_choice,
@@ -209,6 +210,16 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         "SECONDS",
     ),
     ObsOption(
+        "rabbitmq_api_url",
+        "CSUITE_RABBITMQ_API_URL",
+        "--metrics-rabbitmq-api-url",
+        parse_api_url,
+        "RabbitMQ management API for queue depth, e.g. https://user:secret@mq:15672; empty: "
+        "the broker URL's host, user and password on port 15672 (https for amqps); none: "
+        "passive declares only (no oldest-message age or unacked counts).",
+        "URL",
+    ),
+    ObsOption(
         "web_config",
         "CSUITE_WEB_CONFIG",
         "--metrics-web-config",
@@ -241,6 +252,7 @@ class ObsSettings:
     queue_exclude: tuple[str, ...] = ()
     queue_poll_interval: float = 5.0
     queue_poll_timeout: float = 3.0
+    rabbitmq_api_url: str = ""
     web_config: str = ""
 
     @classmethod

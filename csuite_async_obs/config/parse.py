@@ -10,12 +10,14 @@ import ipaddress
 import itertools
 import math
 import re
+import urllib.parse
 
 from ..metrics.catalog import RESERVED_LABELS
 from .errors import ConfigError
 
 __all__ = [
     "parse_address",
+    "parse_api_url",
     "parse_bool",
     "parse_buckets",
     "parse_choice",
@@ -112,4 +114,19 @@ def parse_address(variable: str, raw: str) -> str:
     except ValueError:
         if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", value):
             raise ConfigError(variable, raw, "an IP address or host name to bind to") from None
+    return value
+
+
+def parse_api_url(variable: str, raw: str) -> str:
+    """An ``http(s)://`` URL, ``"none"`` (no HTTP API), or ``""`` (derived from the broker URL)."""
+    value = raw.strip()
+    if value.lower() in ("", "none"):
+        return value.lower()
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(variable, raw, "an http:// or https:// URL with a host, or none")
+    try:
+        parts.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(variable, raw, "an http:// or https:// URL with a valid port") from exc
     return value

@@ -111,6 +111,7 @@ class QueueDepthPoller:
         interval: seconds between the starts of two polls.
         timeout: seconds a poll may take; a slower one counts as failed.
         log_format: rendering of the package's logs.
+        rabbitmq_api_url: RabbitMQ's management API (see :func:`~.readers.open_reader`).
     """
 
     def __init__(
@@ -123,12 +124,14 @@ class QueueDepthPoller:
         timeout: float = 3.0,
         log_format: str = "console",
         discovery_interval: float = DISCOVERY_INTERVAL,
+        rabbitmq_api_url: str = "",
     ) -> None:
         self.app = app
         self.selection = selection
         self.interval = interval
         self.timeout = timeout
         self.discovery_interval = discovery_interval
+        self.rabbitmq_api_url = rabbitmq_api_url
         self._consumed = consumed if callable(consumed) else tuple(consumed)
         self._last_consumed: tuple[str, ...] = ()
         self._skip_exchanges = _control_exchanges(app)
@@ -142,6 +145,7 @@ class QueueDepthPoller:
         self._io_thread: threading.Thread | None = None
         # Owned by the I/O thread only.
         self._reader: BrokerReader | None = None
+        self._reader_opened_at = 0.0
         self._discovered: list[str] | None = None
         self._discovered_at = 0.0
         self._last_log = -_LOG_REPEAT
@@ -162,6 +166,7 @@ class QueueDepthPoller:
             interval=settings.queue_poll_interval,
             timeout=settings.queue_poll_timeout,
             log_format=settings.log_format,
+            rabbitmq_api_url=settings.rabbitmq_api_url,
         )
 
     @property
@@ -190,6 +195,13 @@ class QueueDepthPoller:
 
     def _collect(self) -> tuple[Reading, int]:
         reader = self._reader
+        if (
+            reader is not None
+            and reader.fallback
+            and time.monotonic() - self._reader_opened_at >= self.discovery_interval
+        ):
+            self._close_reader()  # try the better reader again
+            reader = None
         if reader is not None:
             try:
                 return self._read(reader)
@@ -199,7 +211,10 @@ class QueueDepthPoller:
                 # a broker restart since: try once more on a new one.
                 if not _is_connection_error(exc):
                     raise
-        reader = self._reader = open_reader(self.app, self.timeout, self._skip_exchanges, self.log)
+        reader = self._reader = open_reader(
+            self.app, self.timeout, self._skip_exchanges, self.log, self.rabbitmq_api_url
+        )
+        self._reader_opened_at = time.monotonic()
         try:
             return self._read(reader)
         except BaseException:

@@ -62,6 +62,10 @@ class BrokerReader(ABC):
     queues, :meth:`discover`.
     """
 
+    #: True for a stand-in opened because a better reader could not be reached:
+    #: the poller replaces it after a while to try the better one again.
+    fallback = False
+
     def __init__(self, conn: Any, channel: Any, log: Any = None) -> None:
         self._conn = conn
         self._channel = channel

@@ -100,6 +100,11 @@ class RabbitMQServer:
             f"management.tcp.port = {self.management_port}\n"
             f"collect_statistics_interval = {self.stats_interval_ms}\n"
             "loopback_users = none\n"
+            + "".join(
+                f"management.sample_retention_policies.{section}.minute = 1\n"
+                for section in ("global", "basic", "detailed")
+            )
+            +
             # The test machine's disk may be nearly full; the default limit (50 MB)
             # would block publishers for reasons no test is about.
             "disk_free_limit.absolute = 1MB\n"
