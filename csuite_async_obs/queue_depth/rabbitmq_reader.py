@@ -44,7 +44,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from .reading import BrokerReader, Reading
 
@@ -174,7 +174,7 @@ def _count(row: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
-def _is_time(value: Any) -> bool:
+def _is_time(value: Any) -> TypeGuard[float]:
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
