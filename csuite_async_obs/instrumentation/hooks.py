@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,27 @@ _PUBLISHING: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "csuite_async_obs_publishing", default=None
 )
 _POOL_PROCESS_PID = 0
+
+
+#: Whether an app publishes over AMQP, known at its first publish.
+_AMQP_APPS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _publishes_amqp(app: Any) -> bool:
+    # Every instrumented app's hook sees every publish: the publishing app decides.
+    app = getattr(app, "_get_current_object", lambda: app)()
+    known = _AMQP_APPS.get(app)
+    if known is None:
+        try:
+            conn = app.connection_for_write()  # no I/O: only the transport is chosen
+            try:
+                known = conn.transport.driver_type == "amqp"
+            finally:
+                conn.release()
+        except Exception:  # noqa: BLE001 -- no property then; the publish is what matters
+            known = False
+        _AMQP_APPS[app] = known
+    return known
 
 
 @contextlib.contextmanager
@@ -102,7 +124,6 @@ class TaskHooks:
         #: ``fail(hook, exc)``: count and (rate-limited) log an error raised
         #: inside the instrumentation; never raises.
         self.fail = ErrorReporter(lambda hook: self.metrics.error(hook), self.log)
-        self._amqp: bool | None = None  # whether publishes go over AMQP; known at the first
         # The instrumented Request class made for each base class (see .request).
         self.request_classes: dict[type, type] = {}
         #: Task ids the task_revoked fallback counted (bounded: only the
@@ -110,18 +131,6 @@ class TaskHooks:
         self.revoked_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ publish side
-
-    def _publishes_amqp(self) -> bool:
-        if self._amqp is None:
-            try:
-                conn = self.app.connection_for_write()  # no I/O: only the transport is chosen
-                try:
-                    self._amqp = conn.transport.driver_type == "amqp"
-                finally:
-                    conn.release()
-            except Exception:  # noqa: BLE001 -- no property then; the publish is what matters
-                self._amqp = False
-        return self._amqp
 
     def before_publish(
         self,
@@ -133,7 +142,7 @@ class TaskHooks:
             return
         try:
             now = time.time()
-            if properties is not None and self._publishes_amqp():
+            if properties is not None and _publishes_amqp(_PUBLISHING.get() or current_app):
                 # AMQP's timestamp is whole seconds (py-amqp packs an int).
                 properties["timestamp"] = int(now)
             # Always overwrite: a retry re-publishes the request's own headers.

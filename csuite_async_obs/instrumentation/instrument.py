@@ -249,9 +249,10 @@ class Instrumentation:
         }
         poller = self._queue_depth
         if poller is not None:
-            reading = poller.state.reading
             # Queue depth does not decide the worker's health; it is reported.
-            detail["queue_depth_absent_metrics"] = list(reading.absent) if reading else []
+            fresh, queue_depth = poller.health()
+            detail["queue_depth_absent_metrics"] = queue_depth["absent_metrics"]
+            detail["queue_depth"] = {"fresh": fresh, **queue_depth}
         return self.consumer_running, detail
 
 

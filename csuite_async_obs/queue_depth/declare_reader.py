@@ -33,6 +33,8 @@ class DeclareReader(BrokerReader):
     an empty queue, reported 0.  On AMQP NOT_FOUND means no such queue: unknown.
     """
 
+    discovers = False
+
     def __init__(self, conn: Any, channel: Any, *, missing_is_empty: bool = False,
                  log: Any = None) -> None:  # fmt: skip
         super().__init__(conn, channel, log)

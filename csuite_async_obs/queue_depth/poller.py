@@ -146,6 +146,7 @@ class QueueDepthPoller:
         # Owned by the I/O thread only.
         self._reader: BrokerReader | None = None
         self._reader_opened_at = 0.0
+        self._globs_warned = False
         self._discovered: list[str] | None = None
         self._discovered_at = 0.0
         self._last_log = -_LOG_REPEAT
@@ -185,7 +186,17 @@ class QueueDepthPoller:
         return self._last_consumed
 
     def _read(self, reader: BrokerReader) -> tuple[Reading, int]:
-        if self.selection.patterns:
+        if self.selection.patterns and not reader.discovers:
+            if not self._globs_warned:
+                self._globs_warned = True
+                self.log.warning(
+                    "queue_depth_globs_unsupported",
+                    patterns=list(self.selection.patterns),
+                    reader=type(reader).__name__,
+                    hint="this broker's reader cannot list queues; name them, or on RabbitMQ "
+                    "make the management API reachable (CSUITE_RABBITMQ_API_URL)",
+                )
+        elif self.selection.patterns:
             now = time.monotonic()
             if self._discovered is None or now - self._discovered_at >= self.discovery_interval:
                 self._discovered = reader.discover()
@@ -371,6 +382,9 @@ class QueueDepthPoller:
             "queues": len(reading.lengths) if reading else 0,
             "unknown_queues": list(reading.unknown) if reading else [],
             "absent_metrics": list(reading.absent) if reading else [],
+            "globs_unmatched": list(self.selection.patterns)
+            if self._reader is not None and not self._reader.discovers
+            else [],
         }
 
 

@@ -62,6 +62,8 @@ class BrokerReader(ABC):
     queues, :meth:`discover`.
     """
 
+    #: Whether :meth:`discover` can list the broker's queues (for glob entries).
+    discovers = True
     #: True for a stand-in opened because a better reader could not be reached:
     #: the poller replaces it after a while to try the better one again.
     fallback = False
