@@ -109,7 +109,7 @@ def rabbitmq_env(
     rabbitmq_vhost: str, redis_server: RedisServer, redis_client: redis.Redis
 ) -> dict[str, str]:
     """Worker environment on RabbitMQ (results in Redis, as the exactness tests read them)."""
-    return base_env(rabbitmq_vhost, f"{redis_server.url}/1")
+    return base_env(rabbitmq_vhost, f"{redis_server.url}/1", TEST_REDIS_URL=f"{redis_server.url}/0")
 
 
 @pytest.fixture()

@@ -1,4 +1,7 @@
-"""Every counter on /metrics equals what really happened: real Redis, real workers."""
+"""Every counter on /metrics equals what really happened: real Redis, real workers.
+
+:func:`run_exactness_mix` is the mix itself; ``tests/test_rabbitmq.py`` runs it on RabbitMQ.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from celery.result import AsyncResult
 
 from csuite_async_obs import get_celery_app, wait_for_task
@@ -38,6 +42,19 @@ def _kill_victim(client: redis.Redis, key: str) -> int:
     return pid
 
 
+class Publisher:
+    """Publishes the mix's tasks by name through one app (the broker under test)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def send(self, task: Any, *args: Any, **options: Any) -> str:
+        return str(self.app.send_task(task.name, args=args, **options).id)
+
+    def revoke(self, task_id: str) -> None:
+        self.app.control.revoke(task_id)
+
+
 @pytest.mark.parametrize(
     ("pool", "fallbacks"),
     [
@@ -58,37 +75,43 @@ def test_counters_equal_ground_truth(
     args: tuple[str, ...] = ("--max-tasks-per-child", "3") if prefork else ()
     env = {"CSUITE_COMPAT_FALLBACKS": fallbacks} if fallbacks else {}
     worker = workers(pool=pool, concurrency=2 if pool != "solo" else 1, args=args, env=env)
-    app = get_celery_app()
+    run_exactness_mix(worker, Publisher(get_celery_app()), redis_client, pool)
+
+
+def run_exactness_mix(worker: Any, pub: Publisher, redis_client: redis.Redis, pool: str) -> None:
+    """Publish the mix through ``pub``, wait for it, compare every counter with ground truth."""
+    prefork = pool == "prefork"
+    app = get_celery_app()  # results are read from the shared result backend
 
     n_ok, n_fail, n_retry, n_revoked = 12, 5, 4, 3
-    ids = [t.ok.delay(i).id for i in range(n_ok)]
-    ids += [t.boom.delay().id for _ in range(n_fail)]
-    ids += [t.retry_once.delay().id for _ in range(n_retry)]
+    ids = [pub.send(t.ok, i) for i in range(n_ok)]
+    ids += [pub.send(t.boom) for _ in range(n_fail)]
+    ids += [pub.send(t.retry_once) for _ in range(n_retry)]
     # Neither stores a final state on every Celery version (Reject stays STARTED
     # before 5.7, Ignore never stores one): both are awaited through the metrics below.
-    t.reject.delay()
-    t.ignore.delay()
+    pub.send(t.reject)
+    pub.send(t.ignore)
     _wait_all(ids)
 
     # Revoked before they start: queue them behind a blocker that occupies every
     # pool slot, revoke them, then let the blocker finish.
     slots = 1 if pool == "solo" else 2
-    blockers = [t.sleep.delay(1.5).id for _ in range(slots)]
-    revoked = [t.ok.apply_async(args=("r",), countdown=0.5).id for _ in range(n_revoked)]
+    blockers = [pub.send(t.sleep, 1.5) for _ in range(slots)]
+    revoked = [pub.send(t.ok, "r", countdown=0.5) for _ in range(n_revoked)]
     for task_id in revoked:
-        app.control.revoke(task_id)
+        pub.revoke(task_id)
     _wait_all(blockers)
 
     n_soft = n_hard = n_lost = 0
     if prefork:
         # Time limits need a pool with timers; pool children need prefork.
         n_soft, n_hard, n_lost = 2, 1, 1
-        soft = [t.soft_limit.delay(2.0).id for _ in range(n_soft)]
-        hard = [t.hard_limit.delay(10.0).id]
-        lost = t.victim.delay("victim:pid")
+        soft = [pub.send(t.soft_limit, 2.0) for _ in range(n_soft)]
+        hard = [pub.send(t.hard_limit, 10.0)]
+        lost = pub.send(t.victim, "victim:pid")
         _kill_victim(redis_client, "victim:pid")
-        _wait_all(soft + hard + [lost.id])
-        assert AsyncResult(lost.id, app=app).state == "FAILURE"
+        _wait_all([*soft, *hard, lost])
+        assert AsyncResult(lost, app=app).state == "FAILURE"
 
     def settled() -> Any:
         s = worker.scrape()

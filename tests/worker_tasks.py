@@ -13,7 +13,8 @@ from csuite_async_obs import async_task
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    # The tests' own Redis (db 0), where tasks leave what the test waits for.
+    return redis.Redis.from_url(os.environ.get("TEST_REDIS_URL") or os.environ["CELERY_BROKER_URL"])
 
 
 @async_task(name="tests.ok")
