@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..compat import redis_layout
 from .declare_reader import DeclareReader
-from .reading import BrokerReader, close_quietly
+from .reading import DISCOVERY_INTERVAL, BrokerReader, close_quietly
 from .redis_reader import RedisReader
 
 if TYPE_CHECKING:
@@ -46,21 +46,38 @@ def _connect(app: Celery, timeout: float) -> tuple[Any, Any]:
     return conn, channel
 
 
+def _exchange_types(app: Celery) -> dict[str, str]:
+    """Type of every exchange the app's queues are bound to: what the worker that
+    restores a message knows of it (kombu's Redis transport stores no types)."""
+    types: dict[str, str] = {}
+    for queue in app.amqp.queues.values():
+        exchange = queue.exchange
+        if exchange is not None and exchange.name and exchange.type:
+            types[exchange.name] = exchange.type
+    return types
+
+
 def open_reader(
     app: Celery,
     timeout: float = 3.0,
     skip_exchanges: Iterable[str] = (),
     log: Any = None,
+    *,
+    discovery_interval: float = DISCOVERY_INTERVAL,
 ) -> BrokerReader:
     """A connected reader for ``app``'s broker: the best one its transport allows.
 
-    Raises whatever connecting raises (the broker is down); nothing is left open then.
+    ``discovery_interval``: seconds a reader may keep what it read of the
+    broker's bindings.  Raises whatever connecting raises (the broker is down);
+    nothing is left open then.
     """
     conn, channel = _connect(app, timeout)
     try:
         layout = redis_layout(channel)
         if layout is not None:
-            return RedisReader(conn, channel, layout, skip_exchanges=skip_exchanges, log=log)
+            return RedisReader(conn, channel, layout, skip_exchanges=skip_exchanges,
+                               exchange_types=_exchange_types(app),
+                               binding_refresh=discovery_interval, log=log)  # fmt: skip
         virtual = getattr(conn.transport, "driver_type", "") == "redis"
         return DeclareReader(conn, channel, missing_is_empty=virtual, log=log)
     except BaseException:
