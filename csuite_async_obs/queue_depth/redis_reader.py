@@ -47,7 +47,9 @@ when a pair names an exchange not seen yet):
   routes by queue name, so the routing key is the best name it has, and the
   count is not dropped from the total.
 
-A message routed to several queues counts once in each.  Above
+A message routed to several queues counts once in each.  The pipeline reads
+the hash with ``HRANDFIELD`` (a ``MULTI`` cannot branch on its size), which
+needs Redis 6.2: on older servers that path gives no unacked counts.  Above
 :data:`UNACKED_LIMIT` entries the hash is not read: that poll has no per-queue
 unacked counts at all (``UNACKED`` in ``Reading.absent``, logged once per
 reader), never partial ones.
@@ -73,10 +75,13 @@ from .reading import CONSUMERS, DISCOVERY_INTERVAL, UNACKED, BrokerReader, Readi
 
 __all__ = ["DEPTH_SCRIPT", "UNACKED_LIMIT", "RedisReader"]
 
-#: Unacked entries above which a poll does not attribute them to queues.  The
-#: script copies every entry of the hash (whole messages) into Lua memory and
-#: scans each one's end; 10,000 entries of a few KB are a few ms of Redis's one
-#: thread, and far more than a healthy fleet holds (prefetch x processes).
+#: Unacked entries above which a poll does not attribute them to queues.  No
+#: Redis command returns part of a hash value, so the script copies every entry
+#: (a whole message) into Lua and scans its end: measured on a busy 2-core host,
+#: about 5-8 us of Redis's one thread per entry of ~0.9 KB (HVALS most of it),
+#: so 55-85 ms at this limit, paid by every poller at every poll.  A fleet's
+#: prefetched and running tasks (prefetch x processes) stay well below it; many
+#: ETA/countdown tasks may not, and then the metric is unknown rather than slow.
 UNACKED_LIMIT = 10_000
 
 #: How far from the end of an unacked entry its exchange and routing key are
