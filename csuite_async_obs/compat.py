@@ -263,7 +263,10 @@ SHIMS: dict[str, Shim] = {
             "5.3.0, 5.4.0, 5.5.4, 5.7.0",
             "the Redis channel's global_keyprefix, priority_steps, sep, unacked_key, "
             "keyprefix_queue and connection pool, to read every priority sub-queue and the "
-            "unacked hash in one script",
+            "unacked hash in one script; the hash's entries as QoS.append writes them "
+            "(JSON [message, exchange, routing_key]) and the binding sets' members as "
+            "_queue_bind writes them (routing_key, pattern, queue), to count unacked "
+            "messages per queue",
             "a passive queue_declare per queue: exact lengths (kombu answers NOT_FOUND for "
             "an empty queue, since Redis drops empty lists: reported 0); no ages, no "
             "unacked count",

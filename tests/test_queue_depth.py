@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from kombu import Exchange, Queue
 from prometheus_client import CollectorRegistry, generate_latest
 
 from csuite_async_obs import (
@@ -36,7 +37,8 @@ from csuite_async_obs.instrumentation.instrument import instrumentation_for
 from csuite_async_obs.protocol import PUBLISHED_AT_HEADER
 from csuite_async_obs.queue_depth.poller import QueueDepthPoller, start_queue_depth
 from csuite_async_obs.queue_depth.readers import open_reader
-from csuite_async_obs.queue_depth.reading import BrokerReader, Reading
+from csuite_async_obs.queue_depth.reading import CONSUMERS, UNACKED, BrokerReader, Reading
+from csuite_async_obs.queue_depth.redis_reader import UNACKED_LIMIT
 from csuite_async_obs.queue_depth.selection import QueueSelection
 from csuite_async_obs.queue_depth.standalone import run_standalone_exporter
 from csuite_async_obs.servers.redis_server import RedisServer
@@ -199,15 +201,16 @@ def test_lengths_are_exact_over_priority_sub_queues(
                 "qd.emptied": 0, "qd.never": 0}  # fmt: skip
     assert dict(reading.lengths) == expected
     assert reading.unknown == ()
-    assert reading.unacked == 0
+    assert dict(reading.unacked) == dict.fromkeys(expected, 0)
+    assert reading.absent == (CONSUMERS,)
     assert reading.round_trips == 1
     for queue, count in expected.items():
         labels = {"queue_name": queue, "team": "obs"}
         assert sample_value(registry, "celery_queue_length", **labels) == count
+        assert sample_value(registry, "celery_queue_unacked_messages", **labels) == 0
     for queue in ("celery", "qd.emptied", "qd.never"):
         labels = {"queue_name": queue, "team": "obs"}
         assert sample_value(registry, "celery_queue_oldest_message_age_seconds", **labels) == 0.0
-    assert sample_value(registry, "celery_queue_unacked_messages", team="obs") == 0
     assert sample_value(registry, "celery_queue_length_poll_errors_total", team="obs") == 0
     assert (
         sample_value(registry, "celery_queue_length_last_success_timestamp_seconds", team="obs")
@@ -220,27 +223,36 @@ def test_unacked_counts_messages_taken_and_not_acknowledged(
 ) -> None:
     app = get_celery_app()
     _publish("qd.unacked", [0, 0, 3, 9, 9])
-    poller = pollers(app, ("qd.unacked",))
-    assert _poll(poller).unacked == 0
+    _publish("qd.unacked.b", [0, 9])
+    poller = pollers(app, ("qd.unacked", "qd.unacked.b"))
+    registry = CollectorRegistry()
+    poller.attach(registry)
+    none = {"celery": 0, "qd.unacked": 0, "qd.unacked.b": 0}
+    assert dict(_poll(poller).unacked) == none
 
-    conn = app.connection_for_read()
+    conn, other = app.connection_for_read(), app.connection_for_read()
     try:
         simple = conn.SimpleQueue("qd.unacked")
         taken = [simple.get(timeout=10) for _ in range(2)]
-        assert redis_client.hlen("unacked") == 2  # ground truth
+        other.SimpleQueue("qd.unacked.b").get(timeout=10)
+        assert redis_client.hlen("unacked") == 3  # ground truth: one hash for all queues
         reading = _poll(poller)
-        assert reading.lengths["qd.unacked"] == 3
-        assert reading.unacked == 2
+        assert dict(reading.lengths) == {"celery": 0, "qd.unacked": 3, "qd.unacked.b": 1}
+        assert dict(reading.unacked) == {"celery": 0, "qd.unacked": 2, "qd.unacked.b": 1}
+        for queue, count in reading.unacked.items():
+            assert sample_value(registry, "celery_queue_unacked_messages",
+                                queue_name=queue) == count  # fmt: skip
         taken[0].ack()
         reading = _poll(poller)
         assert reading.lengths["qd.unacked"] == 3
-        assert reading.unacked == 1
+        assert dict(reading.unacked) == {"celery": 0, "qd.unacked": 1, "qd.unacked.b": 1}
         simple.close()
     finally:
         conn.release()  # closing the channel restores the message never acknowledged
+        other.release()
     reading = _poll(poller)
-    assert reading.lengths["qd.unacked"] == 4
-    assert reading.unacked == 0
+    assert dict(reading.lengths) == {"celery": 0, "qd.unacked": 4, "qd.unacked.b": 2}
+    assert dict(reading.unacked) == none
 
 
 def _wait_all(ids: list[str], timeout: float = 90.0) -> None:
@@ -268,13 +280,13 @@ def test_reading_follows_a_worker_draining_its_queue(
 
     def drained() -> Reading | None:
         r = _poll(poller)
-        return r if r.lengths["qd.drain"] == 0 and r.unacked == 0 else None
+        return r if r.lengths["qd.drain"] == 0 and r.unacked["qd.drain"] == 0 else None
 
     reading = wait_for(drained, 60, message="the worker's queue to drain")
     assert {q: reading.lengths[q] for q in ("qd.drain", "qd.keep")} == {
         "qd.drain": 0, "qd.keep": len(keep)}  # fmt: skip
     assert _sub_lengths(redis_client, "qd.keep") == _expected_steps(list(keep))
-    assert reading.unacked == 0
+    assert dict(reading.unacked) == {"celery": 0, "qd.drain": 0, "qd.keep": 0}
 
     # The worker's own control queues (pidbox, replies) are per process, not backlogs:
     # a catch-all glob does not pick them up.
@@ -367,16 +379,29 @@ def test_global_keyprefix_is_honoured(
         assert dict(reading.lengths) == {"celery": 0, "qd.none": 0, "qd.pfx": len(MIXED)}
         assert reading.oldest_published_at.keys() == {"qd.pfx"}
 
-        conn = app.connection_for_read()
+        # A queue bound to an exchange of its own: its unacked message is found
+        # through the binding table, which is under the prefix too.
+        direct = Queue("qd.pfx.direct", Exchange("qd.pfx.ex", type="direct"), routing_key="pk")
+        conn, other = app.connection_for_read(), app.connection_for_read()
         try:
+            with app.connection_for_write() as wconn:
+                wconn.Producer().publish({"n": 1}, exchange=direct.exchange, routing_key="pk",
+                                         declare=[direct], retry=False)  # fmt: skip
+            assert redis_client.exists("pfx:_kombu.binding.qd.pfx.ex") == 1
             message = conn.SimpleQueue("qd.pfx").get(timeout=10)
-            assert redis_client.hlen("pfx:unacked") == 1
+            routed = other.SimpleQueue(direct).get(timeout=10)
+            assert redis_client.hlen("pfx:unacked") == 2
+            assert redis_client.exists("unacked") == 0
             reading = _poll(poller)
             assert reading.lengths["qd.pfx"] == len(MIXED) - 1
-            assert reading.unacked == 1
+            assert dict(reading.unacked) == {"celery": 0, "qd.none": 0, "qd.pfx": 1}
+            assert dict(_poll(pollers(app, ("qd.pfx.direct",))).unacked) == {
+                "celery": 0, "qd.pfx.direct": 1}  # fmt: skip
             message.ack()
+            routed.ack()
         finally:
             conn.release()
+            other.release()
     finally:
         _drop_app(app)
 
@@ -419,13 +444,15 @@ def test_200_queues_are_read_in_one_round_trip(
     assert reading.round_trips == 1
     assert len(sent) == 1
     # ...and the server ran the whole poll as one script: 201 queues x 4 sub-lists,
-    # the tail of each non-empty one, and the unacked hash.
+    # the tail of each non-empty one, and the unacked hash (empty: no table read).
     non_empty = sum(min(i % 5, 4) for i in range(200))
     assert stats["cmdstat_evalsha"]["calls"] == 1
     assert stats["cmdstat_llen"]["calls"] == 201 * 4
     assert stats["cmdstat_lindex"]["calls"] == non_empty
     assert stats["cmdstat_hlen"]["calls"] == 1
+    assert stats["cmdstat_hvals"]["calls"] == 1
     assert "cmdstat_multi" not in stats
+    assert "cmdstat_scan" not in stats
     print(f"\n200 queues: {reading.round_trips} round trip, poll {reading.duration * 1000:.1f} ms")
 
 
@@ -502,7 +529,7 @@ def test_script_and_pipeline_read_the_same_truth(
                 assert dict(reading.lengths) == lengths
                 assert dict(reading.oldest_published_at) == oldest
                 assert reading.unknown == tuple(unknown)
-                assert reading.unacked == 1
+                assert dict(reading.unacked) == {q: int(q == "qd.eq.mixed") for q in lengths}
             trips = (first.round_trips, second.round_trips, third.round_trips)
             assert trips == ((1, 2, 1) if each is app else (1, 1, 1))
         assert readers[0]._script_ok is True
@@ -516,6 +543,172 @@ def test_script_and_pipeline_read_the_same_truth(
         redis_client.acl_deluser("noscript")
         _drop_app(app)
         _drop_app(restricted)
+
+
+@pytest.fixture()
+def noscript_app(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[Celery]:
+    """An app on the test broker whose Redis user may not run scripts (the pipeline path)."""
+    redis_client.acl_setuser("noscript", enabled=True, passwords=["+pw"], keys=["*"],
+                             channels=["*"], commands=["+@all", "-@scripting"])  # fmt: skip
+    host_port = redis_server.url.split("://", 1)[1]
+    app = _own_app(f"redis://noscript:pw@{host_port}/0", f"{redis_server.url}/1")
+    try:
+        yield app
+    finally:
+        redis_client.acl_deluser("noscript")
+        _drop_app(app)
+
+
+ROUTES = Exchange("qd.rt.reports", type="topic")
+DIRECT = Exchange("qd.rt.direct", type="direct")
+GONE = Exchange("qd.rt.gone", type="direct")
+ROUTED_QUEUES = (
+    Queue("qd.rt.reports", ROUTES, routing_key="reports.#"),
+    Queue("qd.rt.eu", ROUTES, routing_key="reports.*.eu"),
+    Queue("qd.rt.jobs", DIRECT, routing_key="jobs"),
+    Queue("qd.rt.other", DIRECT, routing_key="other"),
+    Queue("qd.rt.gone", GONE, routing_key="gone.key"),
+)
+
+
+@pytest.mark.usefixtures("own_broker")
+def test_unacked_go_to_the_queues_kombu_restores_them_to(
+    redis_server: RedisServer, redis_client: redis.Redis, noscript_app: Celery
+) -> None:
+    """Topic, direct and default exchanges; the truth is where kombu restores each message."""
+    app = _own_app(f"{redis_server.url}/0", f"{redis_server.url}/1")
+    queues = ["qd.rt.reports", "qd.rt.eu", "qd.rt.jobs", "qd.rt.other", "qd.rt.plain",
+              "gone.key"]  # fmt: skip
+    consumers: list[Any] = []
+    readers: list[BrokerReader] = []
+    try:
+        with app.connection_for_write() as conn:
+            producer = conn.Producer()
+            for n, key in enumerate(["reports.daily", "reports.daily", "reports.daily.eu"]):
+                producer.publish({"n": n}, exchange=ROUTES, routing_key=key,
+                                 declare=list(ROUTED_QUEUES), retry=False)  # fmt: skip
+            for n in range(3):
+                producer.publish({"n": n}, exchange=DIRECT, routing_key="jobs", retry=False)
+            producer.publish({"n": 0}, exchange=GONE, routing_key="gone.key", retry=False)
+        _publish("qd.rt.plain", [0, 9], app)  # Celery's publishing: the default exchange
+
+        def take(queue: Queue | str, count: int) -> None:
+            # A connection per queue: a channel consuming two queues may fetch
+            # from either at each get.
+            conn = app.connection_for_read()
+            consumers.append(conn)
+            simple = conn.SimpleQueue(queue)
+            for _ in range(count):
+                simple.get(timeout=10)
+
+        take(ROUTED_QUEUES[0], 3)  # reports.daily x2 and reports.daily.eu
+        take(ROUTED_QUEUES[2], 2)  # 2 of the 3 "jobs"
+        take(ROUTED_QUEUES[4], 1)
+        take("qd.rt.plain", 1)
+        # Its queue deleted after delivery (and with it the binding): kombu would
+        # restore it nowhere; it is counted under its routing key.
+        with app.connection_for_write() as conn:
+            ROUTED_QUEUES[4].bind(conn.default_channel).declare()
+            ROUTED_QUEUES[4].bind(conn.default_channel).delete()
+        assert redis_client.exists("_kombu.binding.qd.rt.gone") == 0
+        assert redis_client.hlen("unacked") == 7  # ground truth
+        tails = [json.loads(v)[1:] for v in redis_client.hvals("unacked")]
+        assert sorted(map(tuple, tails)) == [
+            ("", "qd.rt.plain"), ("qd.rt.direct", "jobs"), ("qd.rt.direct", "jobs"),
+            ("qd.rt.gone", "gone.key"), ("qd.rt.reports", "reports.daily"),
+            ("qd.rt.reports", "reports.daily"), ("qd.rt.reports", "reports.daily.eu")]  # fmt: skip
+
+        # reports.daily.eu also matches qd.rt.eu's "reports.*.eu": kombu restores
+        # a copy there as well, so it counts in both.
+        expected = {"qd.rt.reports": 3, "qd.rt.eu": 1, "qd.rt.jobs": 2, "qd.rt.other": 0,
+                    "qd.rt.plain": 1, "gone.key": 1}  # fmt: skip
+        before = {"qd.rt.reports": 0, "qd.rt.eu": 1, "qd.rt.jobs": 1, "qd.rt.other": 0,
+                  "qd.rt.plain": 1, "gone.key": 0}  # fmt: skip
+        for each in (app, noscript_app):
+            reader = open_reader(each, timeout=10.0)
+            readers.append(reader)
+            first, second = reader.read(queues), reader.read(queues)
+            for reading in (first, second):
+                assert dict(reading.lengths) == before
+                assert dict(reading.unacked) == expected
+                assert reading.absent == (CONSUMERS,)
+            # The binding tables are read at the first poll that needs them
+            # (one SCAN, one pipeline of SMEMBERS), then kept.
+            assert (first.round_trips, second.round_trips) == (3, 1)
+        assert [r._script_ok for r in readers] == [True, False]  # type: ignore[attr-defined]
+
+        for conn in consumers:
+            conn.release()  # restores every message it never acknowledged
+        consumers.clear()
+        assert redis_client.hlen("unacked") == 0
+        after = readers[0].read(queues)
+        restored = {q: after.lengths[q] - before[q] for q in queues}
+        assert restored == {**expected, "gone.key": 0}  # kombu found no queue for it
+        assert dict(after.unacked) == dict.fromkeys(queues, 0)
+    finally:
+        for conn in consumers:
+            conn.release()
+        for reader in readers:
+            reader.close()
+        _drop_app(app)
+
+
+@pytest.mark.usefixtures("own_broker")
+def test_unacked_above_the_limit_are_unknown_not_wrong(
+    redis_server: RedisServer, redis_client: redis.Redis, noscript_app: Celery,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    app = _own_app(f"{redis_server.url}/0", f"{redis_server.url}/1")
+    conn = app.connection_for_read()
+    readers: list[Any] = []
+    try:
+        _publish("qd.lim", [0, 0, 9, 9], app)
+        simple = conn.SimpleQueue("qd.lim")
+        taken = [simple.get(timeout=10) for _ in range(3)]
+        queues = ["qd.lim"]
+        for each in (app, noscript_app):
+            reader = open_reader(each, timeout=10.0)
+            readers.append(reader)
+            assert reader.unacked_limit == UNACKED_LIMIT == 10_000
+            exact = reader.read(queues)
+            assert dict(exact.unacked) == {"qd.lim": 3}
+            reader.unacked_limit = 2
+            for _ in range(2):
+                over = reader.read(queues)
+                assert dict(over.lengths) == {"qd.lim": 1}
+                assert over.oldest_published_at == exact.oldest_published_at
+                assert dict(over.unacked) == {}
+                assert over.absent == (CONSUMERS, UNACKED)
+            reader.unacked_limit = 3
+            assert dict(reader.read(queues).unacked) == {"qd.lim": 3}
+        # Logged once per reader, not at every poll.
+        assert caplog.text.count("queue_depth_unacked_unknown") == 2
+
+        # At the real limit: 10,000 entries (copies of a real one) are counted
+        # exactly, 10,001 are unknown.
+        raw = redis_client.hget("unacked", taken[0].delivery_tag)
+        assert raw is not None
+        with redis_client.pipeline(transaction=False) as pipe:
+            for i in range(UNACKED_LIMIT - 3):
+                pipe.hset("unacked", f"copy-{i}", raw)
+            pipe.execute()
+        for reader in readers:
+            reader.unacked_limit = UNACKED_LIMIT
+            at_limit = reader.read(queues)
+            assert dict(at_limit.unacked) == {"qd.lim": UNACKED_LIMIT}
+            print(f"\n{type(reader).__name__} script={reader._script_ok}: 10,000 unacked, "
+                  f"poll {at_limit.duration * 1000:.1f} ms")  # fmt: skip
+        redis_client.hset("unacked", "copy-last", raw)
+        for reader in readers:
+            assert reader.read(queues).absent == (CONSUMERS, UNACKED)
+        redis_client.hdel("unacked", *[f"copy-{i}" for i in range(UNACKED_LIMIT - 3)], "copy-last")
+        for message in taken:
+            message.ack()
+    finally:
+        for reader in readers:
+            reader.close()
+        conn.release()
+        _drop_app(app)
 
 
 # --------------------------------------------------------------------------- broker trouble
@@ -686,7 +879,7 @@ def test_standalone_serves_the_same_numbers_as_a_worker_side_poller(
             for s in (served, direct):
                 if s.value("celery_queue_length", queue_name="qd.same", site="a") != want:
                     return None
-                if s.value("celery_queue_unacked_messages", site="a") != 1:
+                if s.value("celery_queue_unacked_messages", queue_name="qd.same", site="a") != 1:
                     return None
             return served, direct
 
@@ -765,7 +958,8 @@ def test_other_brokers_use_a_passive_declare_and_report_unknown_queues(
         assert dict(reading.lengths) == {"qd.mem": 3}
         # Never declared on this broker: unknown, not 0.
         assert reading.unknown == ("celery", "qd.missing")
-        assert reading.unacked is None
+        assert dict(reading.unacked) == {}
+        assert UNACKED in reading.absent
         assert sample_value(registry, "celery_queue_length", queue_name="qd.mem") == 3
         assert sample_value(registry, "celery_queue_length", queue_name="qd.missing") is None
         assert sample_value(registry, "celery_queue_oldest_message_age_seconds",

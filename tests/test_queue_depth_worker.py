@@ -34,7 +34,8 @@ def test_worker_reports_its_queues_and_the_standalone_exporter_agrees(
     wait_for(lambda: _lengths(worker.scrape()) == expected, 30, message="exact queue lengths")
     s = worker.scrape()
     assert s.value("celery_queue_length_poll_errors_total") == 0
-    assert s.value("celery_queue_unacked_messages") == 0
+    for queue in expected:
+        assert s.value("celery_queue_unacked_messages", queue_name=queue) == 0
 
     port = free_port()
     with open(tmp_path / "exporter.log", "wb") as log:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Consumer, Exchange, Producer, Queue
 
 from csuite_async_obs import instrument, uninstrument
 from csuite_async_obs.queue_depth.declare_reader import ABSENT, DeclareReader

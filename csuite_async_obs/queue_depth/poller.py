@@ -37,7 +37,7 @@ from prometheus_client.registry import CollectorRegistry
 from ..logs import get_logger
 from .collector import QueueDepthCollector
 from .readers import open_reader
-from .reading import BrokerReader, Reading
+from .reading import DISCOVERY_INTERVAL, BrokerReader, Reading
 from .selection import QueueSelection
 
 if TYPE_CHECKING:
@@ -52,8 +52,6 @@ __all__ = [
     "start_queue_depth",
 ]
 
-#: Seconds between two reads of the broker's queue list for glob entries.
-DISCOVERY_INTERVAL = 60.0
 _LOG_REPEAT = 60.0
 
 ConsumedQueues = Callable[[], Iterable[str]] | Iterable[str]
@@ -223,7 +221,12 @@ class QueueDepthPoller:
                 if not _is_connection_error(exc):
                     raise
         reader = self._reader = open_reader(
-            self.app, self.timeout, self._skip_exchanges, self.log, self.rabbitmq_api_url
+            self.app,
+            self.timeout,
+            self._skip_exchanges,
+            self.log,
+            self.rabbitmq_api_url,
+            discovery_interval=self.discovery_interval,
         )
         self._reader_opened_at = time.monotonic()
         try:

@@ -18,7 +18,7 @@ from ..compat import redis_layout
 from ..logs import get_logger
 from .declare_reader import DeclareReader
 from .rabbitmq_reader import ManagementAPIError, RabbitMQReader, management_api_for
-from .reading import BrokerReader, close_quietly
+from .reading import DISCOVERY_INTERVAL, BrokerReader, close_quietly
 from .redis_reader import RedisReader
 
 if TYPE_CHECKING:
@@ -74,18 +74,33 @@ def _rabbitmq_reader(app: Celery, timeout: float, api_url: str, log: Any) -> Bro
     return reader
 
 
+def _exchange_types(app: Celery) -> dict[str, str]:
+    """Type of every exchange the app's queues are bound to: what the worker that
+    restores a message knows of it (kombu's Redis transport stores no types)."""
+    types: dict[str, str] = {}
+    for queue in app.amqp.queues.values():
+        exchange = queue.exchange
+        if exchange is not None and exchange.name and exchange.type:
+            types[exchange.name] = exchange.type
+    return types
+
+
 def open_reader(
     app: Celery,
     timeout: float = 3.0,
     skip_exchanges: Iterable[str] = (),
     log: Any = None,
     rabbitmq_api_url: str = "",
+    *,
+    discovery_interval: float = DISCOVERY_INTERVAL,
 ) -> BrokerReader:
     """A connected reader for ``app``'s broker: the best one its transport allows.
 
     On AMQP: RabbitMQ's management API (``rabbitmq_api_url``; empty derives it from
     the broker URL, ``"none"`` never uses it), else passive declares over AMQP.
-    Raises whatever connecting raises (the broker is down); nothing is left open then.
+    ``discovery_interval``: seconds a reader may keep what it read of the
+    broker's bindings.  Raises whatever connecting raises (the broker is down);
+    nothing is left open then.
     """
     probe = app.connection_for_read()
     driver_type = probe.transport.driver_type
@@ -98,7 +113,9 @@ def open_reader(
     try:
         layout = redis_layout(channel)
         if layout is not None:
-            return RedisReader(conn, channel, layout, skip_exchanges=skip_exchanges, log=log)
+            return RedisReader(conn, channel, layout, skip_exchanges=skip_exchanges,
+                               exchange_types=_exchange_types(app),
+                               binding_refresh=discovery_interval, log=log)  # fmt: skip
         virtual = getattr(conn.transport, "driver_type", "") == "redis"
         reader = DeclareReader(conn, channel, missing_is_empty=virtual, log=log)
         # A better reader may answer later (the management plugin restarted).

@@ -18,13 +18,25 @@ from typing import Any
 
 from ..logs import get_logger
 
-__all__ = ["AGE", "CONSUMERS", "UNACKED", "BrokerReader", "Reading", "close_quietly"]
+__all__ = [
+    "AGE",
+    "CONSUMERS",
+    "DISCOVERY_INTERVAL",
+    "UNACKED",
+    "BrokerReader",
+    "Reading",
+    "close_quietly",
+]
 
 
 #: The per-queue metrics a reader may be unable to give (listed in ``Reading.absent``).
 AGE = "celery_queue_oldest_message_age_seconds"
 UNACKED = "celery_queue_unacked_messages"
 CONSUMERS = "celery_queue_consumers"
+
+#: Seconds between two reads of the broker's queue list for glob entries (and,
+#: on Redis, of the binding tables that attribute unacked messages to queues).
+DISCOVERY_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
