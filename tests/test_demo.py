@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from csuite_async_obs.servers.rabbitmq_server import RabbitMQServer
 from csuite_async_obs.servers.redis_server import free_port
 from csuite_async_obs.testing import scrape
 
@@ -18,7 +19,32 @@ from .support import alive, children_of, wait_for
 
 
 def test_demo_runs_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    lines = _run_demo_until_ctrl_c(tmp_path, {}, servers=1)
+    assert any(line.startswith("broker: private redis-server") for line in lines), lines
+
+
+def test_demo_runs_on_rabbitmq_when_the_broker_url_names_one(
+    tmp_path: Path, rabbitmq_vhost: str, rabbitmq_server: RabbitMQServer
+) -> None:
+    lines = _run_demo_until_ctrl_c(
+        tmp_path,
+        {
+            "CELERY_BROKER_URL": rabbitmq_vhost,
+            "CSUITE_RABBITMQ_API_URL": rabbitmq_server.management_url,
+        },
+        servers=0,
+        queue_metrics=True,
+    )
+    assert any(line.startswith("results: rpc://") for line in lines), lines
+    assert any("guest:***@" in line for line in lines if line.startswith("broker: ")), lines
+
+
+def _run_demo_until_ctrl_c(
+    tmp_path: Path, extra_env: dict[str, str], *, servers: int, queue_metrics: bool = False
+) -> list[str]:
+    """Run the demo until tasks flow, Ctrl-C it, check nothing is left; its output lines."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CSUITE_"))}
+    env.update(extra_env)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -56,14 +82,25 @@ def test_demo_runs_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             return scrape(url).sum("celery_task_succeeded_total") >= 5
 
         wait_for(flowing, 60, message="tasks flowing through the demo worker")
+        if queue_metrics:
+            # Every queue metric of the broker is served, none absent.
+            wait_for(
+                lambda: {"celery_queue_length", "celery_queue_unacked_messages",
+                         "celery_queue_consumers", "celery_queue_oldest_message_age_seconds"}
+                <= {x.name for x in scrape(url).samples},
+                30,
+                message="the queue metrics",
+            )  # fmt: skip
         descendants = children_of(proc.pid)
-        assert len(descendants) >= 4  # redis-server, worker, its 2 pool children
+        # The private servers, the worker and its 2 pool children.
+        assert len(descendants) >= servers + 3
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         reader.join(timeout=5)
         survivors = [pid for pid in descendants if alive(pid)]
         assert survivors == [], f"processes left behind: {survivors}"
         assert any(line.strip() == "stopped" for line in lines), "".join(lines)
+        return lines
     finally:
         if proc.poll() is None:
             proc.kill()

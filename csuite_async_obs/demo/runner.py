@@ -1,7 +1,9 @@
 """``csuite-async-obs demo``: a worker with its exporter and a steady mix of tasks, in one command.
 
 With no ``CELERY_BROKER_URL`` it starts a private Redis (see
-:mod:`csuite_async_obs.servers.redis_server`).  Every process it starts runs in a
+:mod:`csuite_async_obs.servers.redis_server`); an ``amqp://`` broker URL runs it
+on that RabbitMQ, with ``rpc://`` results unless ``CELERY_RESULT_BACKEND`` says
+otherwise.  Every process it starts runs in a
 session of its own, so that Ctrl-C reaches the demo alone, which then stops
 them in order (worker warm shutdown, then its process group, then Redis) and
 leaves nothing behind.
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +61,17 @@ def _port_free(port: int) -> bool:
     return True
 
 
+_AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 class Demo:
     """Owns every process the demo starts; :meth:`run` blocks until Ctrl-C."""
 
@@ -74,8 +88,14 @@ class Demo:
     # ------------------------------------------------------------------ start
 
     def _broker(self) -> None:
-        if os.environ.get("CELERY_BROKER_URL"):
-            self.echo(f"broker: {os.environ['CELERY_BROKER_URL']} (from CELERY_BROKER_URL)")
+        broker = os.environ.get("CELERY_BROKER_URL")
+        if broker:
+            self.echo(f"broker: {_without_password(broker)} (from CELERY_BROKER_URL)")
+            if broker.startswith(_AMQP_SCHEMES) and not os.environ.get("CELERY_RESULT_BACKEND"):
+                # The package's default backend is a Redis that a RabbitMQ setup
+                # may not have; results over the broker need nothing else.
+                os.environ["CELERY_RESULT_BACKEND"] = "rpc://"
+                self.echo("results: rpc:// (over the broker; set CELERY_RESULT_BACKEND to change)")
             return
         self.redis = RedisServer().start()
         os.environ["CELERY_BROKER_URL"] = f"{self.redis.url}/0"
