@@ -39,6 +39,7 @@ __all__ = [
     "Behaviour",
     "RedisLayout",
     "Shim",
+    "consumer_tag_queues",
     "counter_incrementer",
     "counter_values",
     "histogram_observer",
@@ -185,6 +186,19 @@ def _probe_redis_channel() -> bool:
     return all(hasattr(Channel, attr) for attr in needed) and hasattr(Channel, "_q_for_pri")
 
 
+def _probe_consumer_tags() -> bool:
+    from kombu.entity import Queue
+    from kombu.messaging import Consumer
+
+    consumer = Consumer(None)
+    tags = getattr(consumer, "_active_tags", None)
+    add = getattr(consumer, "_add_tag", None)
+    if not isinstance(tags, dict) or not callable(add):
+        return False
+    add(Queue("probe"), "probe-tag")
+    return consumer._active_tags == {"probe": "probe-tag"}
+
+
 def _probe_find_app_frame() -> bool:
     from celery.app import utils
 
@@ -273,6 +287,16 @@ SHIMS: dict[str, Shim] = {
             _probe_redis_channel,
         ),
         Shim(
+            "consumer_tags",
+            "kombu",
+            "5.4.0, 5.7.0",
+            "Consumer._active_tags ({queue name: consumer tag}) of the worker's task "
+            "consumer: on AMQP a delivery's consumer_tag names the exact queue it came from",
+            "the queue found from the delivery's exchange and routing key and the bindings "
+            "of the consumed queues, else the routing key (instrumentation.queue_names)",
+            _probe_consumer_tags,
+        ),
+        Shim(
             "find_app_frame",
             "celery",
             "5.3.0, 5.4.0, 5.5.3, 5.6.3, 5.7.0",
@@ -319,6 +343,16 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
         "celery 5.7 marks a revoked task that is not running REVOKED in the backend at once",
         "when the result backend learns of a revocation",
         "metrics count revocations from the worker's request, the same on every version",
+    ),
+    Behaviour(
+        "redelivered_flag",
+        "celery 5.4.0 and 5.7.0 copy delivery_info['redelivered'] into Request.delivery_info; "
+        "kombu 5.4.0 and 5.7.0 (Redis) set it when they restore unacknowledged messages",
+        "where a redelivery shows: AMQP's basic.deliver flag (py-amqp); on Redis kombu's "
+        "_do_restore_message marks the stored message redelivered (warm shutdown, lost "
+        "connection, visibility timeout); other virtual transports mark only the payload",
+        "instrumentation.request reads the kombu message's public delivery_info on every "
+        "version and counts the message in celery_task_redelivered_total, not received",
     ),
     Behaviour(
         "generated_request_on_success",
@@ -642,6 +676,17 @@ def loading_celery_app() -> bool:
 
 
 # --------------------------------------------------------------------------- kombu
+
+
+def consumer_tag_queues(consumer: Any) -> dict[str, str] | None:
+    """``{consumer tag: queue name}`` of a kombu Consumer, or ``None`` (shim
+    ``consumer_tags``: the caller then resolves the queue by bindings)."""
+    if not uses_private("consumer_tags"):
+        return None
+    tags = getattr(consumer, "_active_tags", None)
+    if not isinstance(tags, dict):
+        return None
+    return {str(tag): str(queue) for queue, tag in list(tags.items())}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,3 +160,17 @@ class Worker:
         code = stop_process(process, sig, timeout)
         self._log.close()
         return code
+
+
+def topic_queues() -> tuple[Any, ...]:
+    """``celery``; ``reports`` bound to the topic exchange ``reports`` with ``reports.#``;
+    ``daily`` bound to it with ``*.daily`` (``reports.daily`` reaches both).  New Queue
+    objects on each call: kombu binds them to the channel that declares them."""
+    from kombu import Exchange, Queue
+
+    reports = Exchange("reports", type="topic")
+    return (
+        Queue("celery"),
+        Queue("reports", reports, routing_key="reports.#"),
+        Queue("daily", reports, routing_key="*.daily"),
+    )

@@ -35,6 +35,9 @@ def test_hot_path_equals_the_public_api() -> None:
     for _ in range(3):
         a.inc_received()
         b.received.inc()
+    for _ in range(2):
+        a.inc_redelivered()
+        b.redelivered.inc()
     a.inc_started()
     b.started.inc()
     a.inc_succeeded()

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import contextvars
 import os
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from ..logs import get_logger
 from ..metrics.errors import ErrorReporter
 from ..metrics.task_metrics import TaskMetrics, TaskSeries
 from ..protocol import DUE_AT_HEADER, PUBLISHED_AT_HEADER
+from .queue_names import UNKNOWN_QUEUE, QueueNames
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["UNKNOWN_QUEUE", "TaskHooks", "publishing"]
 
-UNKNOWN_QUEUE = "unknown"
 _REVOKED_IDS = 10_000
 
 _PUBLISHING: contextvars.ContextVar[Any] = contextvars.ContextVar(
@@ -129,6 +130,11 @@ class TaskHooks:
         #: Task ids the task_revoked fallback counted (bounded: only the
         #: de-duplication of one revocation's repeated signals needs them).
         self.revoked_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: The ``queue_name`` label of deliveries and publishes (see .queue_names).
+        self.queues = QueueNames(app)
+        # The queue a publish named (before_task_publish's declare=[queue]), by task id,
+        # for after_task_publish in the same thread (or greenlet, when patched).
+        self._declared = threading.local()
 
     # ------------------------------------------------------------------ publish side
 
@@ -136,11 +142,13 @@ class TaskHooks:
         self,
         headers: dict[str, Any] | None = None,
         properties: dict[str, Any] | None = None,
+        declare: Any = None,
         **_: Any,
     ) -> None:
         if headers is None:
             return
         try:
+            self._declared.last = (headers.get("id"), declare)
             now = time.time()
             if properties is not None and _publishes_amqp(_PUBLISHING.get() or current_app):
                 # AMQP's timestamp is whole seconds (py-amqp packs an int).
@@ -160,6 +168,7 @@ class TaskHooks:
         self,
         sender: str | None = None,
         headers: dict[str, Any] | None = None,
+        exchange: str | None = None,
         routing_key: str | None = None,
         **_: Any,
     ) -> None:
@@ -178,23 +187,31 @@ class TaskHooks:
             return
         try:
             name = sender or (headers or {}).get("task") or "unknown"
-            self.metrics.task(str(name), routing_key or UNKNOWN_QUEUE).sent.inc()
+            task_id, declared = getattr(self._declared, "last", (None, None))
+            if task_id is None or task_id != (headers or {}).get("id"):
+                declared = None
+            queue = self.queues.published(exchange, routing_key, declared)
+            self.metrics.task(str(name), queue).sent.inc()
         except Exception as exc:  # noqa: BLE001
             self.fail("publish", exc)
 
     # ------------------------------------------------------------------ worker side
 
     def series(self, request: Any) -> TaskSeries:
-        delivery = request.delivery_info or {}
-        queue = delivery.get("routing_key") or UNKNOWN_QUEUE
-        return self.metrics.task(request.name, queue)
+        """The series of a request, labelled with the queue its message came from."""
+        return self.metrics.task(request.name, self.queues.delivered(_delivery(request)))
+
+    def received(self, request: Any) -> tuple[TaskSeries, bool]:
+        """A new request's series, and whether its message is a redelivery (AMQP's
+        redelivered flag; kombu's Redis transport sets it on a restored message)."""
+        delivery = _delivery(request)
+        series = self.metrics.task(request.name, self.queues.delivered(delivery))
+        return series, bool(delivery.get("redelivered"))
 
     def on_unknown_task(self, message: Any = None, name: str | None = None, **_: Any) -> None:
         try:
-            delivery = getattr(message, "delivery_info", None) or {}
-            self.metrics.task(
-                name or "unknown", delivery.get("routing_key") or UNKNOWN_QUEUE
-            ).rejected.inc()
+            delivery = getattr(message, "delivery_info", None)
+            self.metrics.task(name or "unknown", self.queues.delivered(delivery)).rejected.inc()
         except Exception as exc:  # noqa: BLE001
             self.fail("rejected", exc)
 
@@ -212,11 +229,8 @@ class TaskHooks:
             self.revoked_ids[task_id] = None
             if len(self.revoked_ids) > _REVOKED_IDS:
                 self.revoked_ids.popitem(last=False)
-            delivery = getattr(request, "delivery_info", None) or {}
-            series = self.metrics.task(
-                str(sender.name), delivery.get("routing_key") or UNKNOWN_QUEUE
-            )
-            series.revoked.inc()
+            queue = self.queues.delivered(_delivery(request))
+            self.metrics.task(str(sender.name), queue).revoked.inc()
         except Exception as exc:  # noqa: BLE001
             self.fail("revoked", exc)
 
@@ -241,9 +255,22 @@ class TaskHooks:
                 continue
             try:
                 queue = router.route({}, name).get("queue")
-                routing_key = getattr(queue, "routing_key", None) or getattr(queue, "name", None)
-                self.metrics.task(name, routing_key or UNKNOWN_QUEUE)
+                queue_name = getattr(queue, "name", None) or getattr(queue, "routing_key", None)
+                self.metrics.task(name, queue_name or UNKNOWN_QUEUE)
                 count += 1
             except Exception as exc:  # noqa: BLE001
                 self.fail("collect", exc)
         return count
+
+
+def _delivery(request: Any) -> dict[str, Any]:
+    """The delivery of a request's message as the transport gave it: kombu's public
+    ``Message.delivery_info`` holds the exchange, the routing key, the redelivered
+    flag and, on AMQP, the consumer tag, which Celery's ``Request.delivery_info``
+    copy (exchange, routing key, priority, redelivered; Celery 5.4.0 to 5.7.0)
+    leaves out.  Celery's copy where there is no message."""
+    message = getattr(request, "message", None)
+    delivery = getattr(message, "delivery_info", None)
+    if delivery is None:
+        delivery = getattr(request, "delivery_info", None)
+    return delivery or {}

@@ -165,6 +165,7 @@ class Instrumentation:
 
     def worker_started(self, worker: Any) -> None:
         self.worker = worker
+        self.hooks.queues.attach(worker)
         # The text format exposes every counter's _created sample as a gauge
         # series of its own: twice the series for nothing an alert uses.  The
         # worker process is ours, so we switch them off for it.

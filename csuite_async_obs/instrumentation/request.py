@@ -98,10 +98,16 @@ class InstrumentedRequestMixin(Request):
         super().__init__(*args, **kwargs)
         hooks = self._csuite_hooks
         try:
-            series = self._csuite_series = hooks.series(self)
-            series.inc_received()
+            series, redelivered = hooks.received(self)
+            self._csuite_series = series
+            if redelivered:
+                # A message delivered again (lost connection or worker) is the same
+                # task: counting it received would break received = started + waiting.
+                series.inc_redelivered()
+            else:
+                series.inc_received()
             if hooks.task_log:
-                hooks.event("task_received", self, series)
+                hooks.event("task_received", self, series, redelivered=redelivered)
         except Exception as exc:  # noqa: BLE001
             hooks.fail("received", exc)
 

@@ -98,6 +98,7 @@ class TaskMetrics:
 
         self.sent = counter("celery_task_sent_total")
         self.received = counter("celery_task_received_total")
+        self.redelivered = counter("celery_task_redelivered_total")
         self.started = counter("celery_task_started_total")
         self.succeeded = counter("celery_task_succeeded_total")
         self.failed = counter("celery_task_failed_total")
@@ -176,6 +177,7 @@ class TaskSeries:
     __slots__ = (
         "_metrics",
         "inc_received",
+        "inc_redelivered",
         "inc_started",
         "inc_succeeded",
         "inc_wait_unmeasured",
@@ -186,6 +188,7 @@ class TaskSeries:
         "queue_wait",
         "queue_wait_unmeasured",
         "received",
+        "redelivered",
         "rejected",
         "retried",
         "revoked",
@@ -204,6 +207,7 @@ class TaskSeries:
         self.queue = queue
         self.sent = metrics.sent.labels(name, queue, *const)
         self.received = metrics.received.labels(name, queue, *const)
+        self.redelivered = metrics.redelivered.labels(name, queue, *const)
         self.started = metrics.started.labels(name, queue, *const)
         self.succeeded = metrics.succeeded.labels(name, queue, *const)
         self.retried = metrics.retried.labels(name, queue, *const)
@@ -220,6 +224,7 @@ class TaskSeries:
         self.worker_lost = metrics.worker_lost.labels(name, queue, *const)
         # What every task does, bound once (see compat.counter_incrementer).
         self.inc_received = counter_incrementer(self.received)
+        self.inc_redelivered = counter_incrementer(self.redelivered)
         self.inc_started = counter_incrementer(self.started)
         self.inc_succeeded = counter_incrementer(self.succeeded)
         self.inc_wait_unmeasured = counter_incrementer(self.queue_wait_unmeasured)
