@@ -24,7 +24,7 @@ import contextvars
 import os
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery import current_app, signals
@@ -134,8 +134,9 @@ class TaskHooks:
         try:
             now = time.time()
             if properties is not None and self._publishes_amqp():
-                # py-amqp encodes the property from a datetime (whole seconds).
-                properties["timestamp"] = datetime.fromtimestamp(now, tz=timezone.utc)
+                # POSIX seconds: py-amqp 5.4 packs the property as an unsigned
+                # 64-bit integer ('L'); a datetime made every AMQP publish fail.
+                properties["timestamp"] = int(now)
             # Always overwrite: a retry re-publishes the request's own headers.
             headers[PUBLISHED_AT_HEADER] = now
             headers.pop(DUE_AT_HEADER, None)
