@@ -52,6 +52,7 @@ __all__ = [
     "pool_size",
     "redis_layout",
     "request_cancelled",
+    "rpc_records_consumer_states",
     "uses_private",
     "worker_task_counts",
 ]
@@ -199,6 +200,18 @@ def _probe_consumer_tags() -> bool:
     return consumer._active_tags == {"probe": "probe-tag"}
 
 
+def _probe_rpc_consumer_states() -> bool:
+    from celery.backends.rpc import ResultConsumer, RPCBackend
+
+    hook = getattr(ResultConsumer, "on_state_change", None)
+    oob = getattr(RPCBackend, "on_out_of_band_result", None)
+    if hook is None or oob is None or RPCBackend.ResultConsumer is not ResultConsumer:
+        return False
+    return list(inspect.signature(hook).parameters) == ["self", "meta", "message"] and list(
+        inspect.signature(oob).parameters
+    ) == ["self", "task_id", "message"]
+
+
 def _probe_find_app_frame() -> bool:
     from celery.app import utils
 
@@ -297,6 +310,20 @@ SHIMS: dict[str, Shim] = {
             _probe_consumer_tags,
         ),
         Shim(
+            "rpc_consumer_states",
+            "celery",
+            "5.4.0, 5.7.0",
+            "the rpc backend's ResultConsumer class attribute and its on_state_change(meta, "
+            "message), through which every state read off the reply queue passes (drained by "
+            "AsyncResult.get(), or another id's state met by get_task_meta, which "
+            "RPCBackend.on_out_of_band_result hands to it): the task API keeps the last one "
+            "per id, so a state consumed once is still read afterwards",
+            "only the final states get_task_meta returns are kept, and delay_task's ids are "
+            "not remembered as queued (a state drained elsewhere would leave one PENDING for "
+            "good): a queued rpc:// task reads as None until its first state is read",
+            _probe_rpc_consumer_states,
+        ),
+        Shim(
             "find_app_frame",
             "celery",
             "5.3.0, 5.4.0, 5.5.3, 5.6.3, 5.7.0",
@@ -359,6 +386,19 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
         "celery 5.3-5.7",
         "the Request class Celery generates per task overrides on_success without calling super()",
         "InstrumentedRequestMixin.__init_subclass__ wraps it",
+    ),
+    Behaviour(
+        "rpc_date_done",
+        "celery 5.4.0, 5.5.3, 5.6.3 send no date_done in an rpc:// state message; 5.7.0 does",
+        "whether a finished task read over rpc:// has a completion time",
+        "get_task_result reports date_done None then (README: result backends)",
+    ),
+    Behaviour(
+        "rpc_repeated_reads",
+        "celery 5.4.0-5.6.3 requeue the asked id's latest rpc:// state and keep another "
+        "id's met on the way for one read; 5.7.0 acks final states and keeps them in a buffer",
+        "how often get_task_meta returns a state read off the reply queue",
+        "the task API's rpc backend keeps the last state per id itself (task_api.rpc_backend)",
     ),
     Behaviour(
         "backend_cls_class",
@@ -656,6 +696,11 @@ def install_result_backend(app: Any, backend_class: type) -> None:
     it, so it is given as the ``module:Class`` name that every version loads.
     """
     app.backend_cls = f"{backend_class.__module__}:{backend_class.__qualname__}"
+
+
+def rpc_records_consumer_states() -> bool:
+    """Whether the rpc backend's consumer hook is there (shim ``rpc_consumer_states``)."""
+    return uses_private("rpc_consumer_states")
 
 
 def loading_celery_app() -> bool:

@@ -48,7 +48,8 @@ def test_every_shim_is_probed_and_can_be_forced(forced: Any) -> None:
     # prometheus_client's internals and Celery's revocation hook exist on every
     # supported version; only scheduled_requests is new (Celery 5.7).
     for name in ("counter_value", "histogram_internals", "family_internals", "value_class",
-                 "announce_revoked", "cancel_flags", "redis_channel", "find_app_frame"):  # fmt: skip
+                 "announce_revoked", "cancel_flags", "redis_channel", "find_app_frame",
+                 "rpc_consumer_states"):  # fmt: skip
         assert paths[name] == "private", name
     import celery
 

@@ -151,7 +151,7 @@ class TaskHooks:
             self._declared.last = (headers.get("id"), declare)
             now = time.time()
             if properties is not None and _publishes_amqp(_PUBLISHING.get() or current_app):
-                # AMQP's timestamp is whole seconds (py-amqp packs an int).
+                # POSIX seconds: py-amqp packs the property as an unsigned 64-bit integer.
                 properties["timestamp"] = int(now)
             # Always overwrite: a retry re-publishes the request's own headers.
             headers[PUBLISHED_AT_HEADER] = now

@@ -18,7 +18,8 @@ from ..compat import install_result_backend, loading_celery_app
 from ..config.celery_settings import CelerySettings
 from ..config.errors import ConfigError
 from ..instrumentation.instrument import instrument
-from .result_backend import RedisResultBackend, wants_redis_backend
+from .redis_backend import RedisResultBackend, wants_redis_backend
+from .rpc_backend import RPCResultBackend, wants_rpc_backend
 
 __all__ = ["create_celery_app", "get_celery_app", "reset_celery_app"]
 
@@ -33,10 +34,11 @@ def create_celery_app(settings: CelerySettings | None = None, **instrument_optio
     settings = settings or CelerySettings.from_env()
     app = Celery("csuite_async_obs")
     app.conf.update(settings.celery_config())
-    if wants_redis_backend(settings.result_backend):
+    backend_class = _backend_class(settings.result_backend)
+    if backend_class is not None:
         # The backend class wins over the URL's scheme; the URL still comes
         # from app.conf.result_backend.
-        install_result_backend(app, RedisResultBackend)
+        install_result_backend(app, backend_class)
     broker_options = {**_SOCKET_TIMEOUTS}
     if not settings.broker_url.startswith(("redis", "rediss", "sentinel")):
         broker_options = {}
@@ -48,6 +50,21 @@ def create_celery_app(settings: CelerySettings | None = None, **instrument_optio
     )
     instrument(app, **instrument_options)
     return app
+
+
+def _backend_class(url: str) -> type | None:
+    """The task API's backend class for ``url`` (queued versus unknown, see
+    :mod:`.known_states`), or ``None`` to leave Celery's."""
+    if wants_redis_backend(url):
+        return RedisResultBackend
+    if wants_rpc_backend(url):
+        return RPCResultBackend
+    if url.partition("://")[0].startswith("db+"):
+        # Imported only here: it needs sqlalchemy, which other backends do not.
+        from .database_backend import DatabaseResultBackend
+
+        return DatabaseResultBackend
+    return None
 
 
 def get_celery_app() -> Celery:

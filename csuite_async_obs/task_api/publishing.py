@@ -3,9 +3,10 @@
 ``delay_task`` retries a failed publish at most twice with short intervals
 (bounded publish retries instead of Celery's long default), so that a web
 handler can fall back to running the work inline.  Right after publishing, it
-leaves a PENDING marker in a Redis result backend, written only if the worker
-has not already stored a state, so that :func:`~.results.get_task_result` can
-tell a queued id from one this system never saw.
+tells the result backend the id is queued (:func:`.known_states.mark_queued`:
+a PENDING record in Redis or the database, written only if the worker has not
+already stored a state; a per-thread mark with ``rpc://``), so that
+:func:`~.results.get_task_result` can tell a queued id from one never seen.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from celery import Task, states
+from celery import Task
 from celery.result import AsyncResult
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
@@ -21,6 +22,7 @@ from kombu.utils.encoding import safe_str
 
 from ..logs import get_logger
 from .app import get_celery_app
+from .known_states import mark_queued
 
 __all__ = ["PUBLISH_RETRY_POLICY", "async_task", "delay_task"]
 
@@ -105,32 +107,14 @@ def delay_task(fn_or_task: Any, *args: Any, **kwargs: Any) -> AsyncResult | None
             detail=safe_str(exc)[:200],
         )
         return None
-    _mark_pending(task, task_id)
+    _mark_queued(task, task_id)
     return result
 
 
-def _mark_pending(task: Task, task_id: str) -> None:
-    """Leave a PENDING record unless the worker already stored a state (Redis backend)."""
-    backend = task.backend
-    client = getattr(backend, "client", None)
-    if client is None or not hasattr(backend, "get_key_for_task"):
-        return
-    meta = {
-        "status": states.PENDING,
-        "result": None,
-        "traceback": None,
-        "children": [],
-        "date_done": None,
-        "task_id": task_id,
-    }
+def _mark_queued(task: Task, task_id: str) -> None:
+    """Tell the task's result backend the id is queued; a failure loses only the mark."""
     try:
-        expires = backend.expires
-        client.set(
-            backend.get_key_for_task(task_id),
-            backend.encode(meta),
-            nx=True,
-            ex=int(expires) if expires else None,
-        )
+        mark_queued(task.backend, task_id)
     except Exception as exc:  # noqa: BLE001 -- the task is queued; only the marker is lost
         get_logger().warning(
             "task_pending_marker_failed", task_id=task_id, error=type(exc).__name__

@@ -10,6 +10,7 @@ from celery import states
 from kombu.utils.encoding import safe_str
 
 from .app import get_celery_app
+from .known_states import read_state
 
 __all__ = ["TaskStatus", "get_task_result", "wait_for_task"]
 
@@ -40,27 +41,34 @@ def _result(status: str, value: Any) -> Any:
 
 
 def get_task_result(task_id: str) -> TaskStatus | None:
-    """The task's state as a dict, or ``None`` for an id this system never saw.
+    """The task's state as a dict, or ``None`` when no state of the id is visible here.
 
     Keys: ``task_id``, ``status`` (Celery state name), ``result`` (the return
     value on success; ``{"type", "message"}`` of the error on failure or
-    retry), ``ready`` (finished), ``date_done`` (ISO 8601 or ``None``).
+    retry), ``ready`` (finished), ``date_done`` (ISO 8601 once ready, else
+    ``None``; also ``None`` with ``rpc://`` before Celery 5.7, whose state
+    messages carry no time).
+
+    A task published by :func:`~.publishing.delay_task` and not started reads
+    ``PENDING``.  What ``None`` means depends on the result backend:
+
+    - ``redis://``, ``db+...``: an id with no stored state, i.e. never
+      published through ``delay_task`` and not started, or expired.
+    - ``rpc://``: additionally every id this *thread* did not publish: its
+      states go to the publishing thread's reply queue, so queued, running,
+      finished elsewhere and never sent cannot be told apart here.
     """
-    app = get_celery_app()
-    # A ready state never changes, so the backend's cache of ready states is
-    # harmless; not every backend takes a ``cache`` argument.
-    meta = app.backend.get_task_meta(task_id)
-    status = meta.get("status", states.PENDING)
-    # An unknown id reads as a bare {"status": "PENDING", "result": None};
-    # a stored state (our marker included) carries its task_id.
-    if status == states.PENDING and "task_id" not in meta:
+    meta = read_state(get_celery_app().backend, task_id)
+    if meta is None:
         return None
+    status = meta.get("status", states.PENDING)
+    ready = status in states.READY_STATES
     return {
         "task_id": task_id,
         "status": status,
         "result": _result(status, meta.get("result")),
-        "ready": status in states.READY_STATES,
-        "date_done": _date(meta.get("date_done")),
+        "ready": ready,
+        "date_done": _date(meta.get("date_done")) if ready else None,
     }
 
 
@@ -69,7 +77,8 @@ def wait_for_task(task_id: str, timeout: float = 60.0) -> TaskStatus | None:
 
     Returns the :func:`get_task_result` dict plus ``timed_out`` (``True`` when
     it returned because of the timeout).  A failed task is reported in the dict,
-    not raised.  ``None`` if the id is still unknown when the time is up.
+    not raised.  ``None`` if no state of the id is visible when the time is up
+    (what that means per backend: :func:`get_task_result`).
     """
     deadline = time.monotonic() + timeout
     delay = 0.02
