@@ -126,6 +126,7 @@ _EXPORTER_OPTIONS = (
     "queue_exclude",
     "queue_poll_interval",
     "queue_poll_timeout",
+    "rabbitmq_api_url",
     "max_queue_names",
 )
 
