@@ -16,6 +16,11 @@
 * ``queuedepth`` -- one queue-depth poll of 200 queues x 4 priority steps
   (every queue holds real task messages; a quarter use the priority sub-lists),
   through the package's ``QueueDepthPoller``.
+* ``rabbitmqdepth`` -- one read of 200 queues of a RabbitMQ vhost (each holding
+  1 to 7 messages with the AMQP ``timestamp`` the package sets at publish) on a
+  private ``rabbitmq-server`` node: the management API reader (one request for
+  every queue) against the passive-declare fallback (one round trip per queue);
+  reads whose lengths all equal the published counts are counted.
 
 Each prints one JSON object on stdout.  A subprocess per measurement keeps the
 global Celery signal handlers of one from running in another.
@@ -400,9 +405,82 @@ def queuedepth(broker_url: str, queues: int, polls: int, raw_message: str) -> di
     }
 
 
+def rabbitmq_depth(queues: int, reads: int) -> dict[str, Any]:
+    """Median and p99 of one read of ``queues`` queues: management API vs passive declares."""
+    from csuite_async_obs.servers.rabbitmq_server import RabbitMQServer, find_rabbitmq_server
+
+    if find_rabbitmq_server() is None:
+        return {"available": False, "reason": "no rabbitmq-server installed"}
+    from celery import Celery
+    from kombu import Connection, Producer, Queue
+
+    from csuite_async_obs.queue_depth.readers import open_reader
+
+    server = RabbitMQServer().start()
+    try:
+        vhost = "bench"
+        server.ctl("add_vhost", vhost)
+        server.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        url = f"amqp://guest:guest@127.0.0.1:{server.port}/{vhost}"
+        names = [f"bench.depth.{i:03d}" for i in range(queues)]
+        expected = {name: 1 + i % 7 for i, name in enumerate(names)}
+        body = json.dumps([[], {}, {"callbacks": None, "errbacks": None, "chain": None}])
+        with Connection(url) as conn:
+            channel = conn.channel()
+            producer = Producer(channel)
+            for name in names:
+                Queue(name, durable=True)(channel).declare()
+                for _ in range(expected[name]):
+                    producer.publish(body, routing_key=name, timestamp=int(time.time()),
+                                     content_type="application/json", content_encoding="utf-8")  # fmt: skip
+        # The management API's counts lag the queues by a statistics interval.
+        api_ready = f"queues/{vhost}?columns=name,messages_ready"
+        deadline = time.monotonic() + 60
+        while {q["name"]: q.get("messages_ready") for q in server.api(api_ready)} != expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the management API never showed every queue's messages")
+            time.sleep(0.2)
+        # Celery's broker_url prefers CELERY_BROKER_URL (the run's Redis) to the app's.
+        os.environ.pop("CELERY_BROKER_URL", None)
+        app = Celery("bench_rabbitmq_depth", broker=url, set_as_current=False)
+        result: dict[str, Any] = {"available": True, "queues": queues, "reads": reads}
+        for variant, api_url in (("api", server.management_url), ("declare", "none")):
+            reader = open_reader(app, timeout=5.0, rabbitmq_api_url=api_url)
+            wanted = {"api": "RabbitMQReader", "declare": "DeclareReader"}[variant]
+            assert type(reader).__name__ == wanted, (variant, type(reader).__name__)
+            try:
+                reader.read(names)  # warm: connection, channel, the first request
+                durations: list[float] = []
+                trips: set[int] = set()
+                exact = 0
+                for _ in range(reads):
+                    reading = reader.read(names)
+                    durations.append(reading.duration)
+                    trips.add(reading.round_trips)
+                    # The API's counts are statistics samples: counted, not asserted.
+                    exact += dict(reading.lengths) == expected
+            finally:
+                reader.close()
+            [round_trips] = trips
+            result[variant] = {
+                "reader": type(reader).__name__,
+                "round_trips": round_trips,
+                "ages": len(reading.oldest_published_at),
+                "exact_reads": exact,
+                "read_ms": {
+                    "median": statistics.median(durations) * 1e3,
+                    "p99": percentile(durations, 99) * 1e3,
+                },
+            }
+        result["round_trips"] = result["api"]["round_trips"]
+        return result
+    finally:
+        server.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inproc")
-    parser.add_argument("name", choices=("hookpath", "publish", "queuedepth"))
+    parser.add_argument("name", choices=("hookpath", "publish", "queuedepth", "rabbitmqdepth"))
     parser.add_argument("--message-file")
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--blocks", type=int, default=10)
@@ -420,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
             result = hookpath(f.read(), args.tasks, args.blocks)
     elif args.name == "publish":
         result = publish(args.calls, args.block)
+    elif args.name == "rabbitmqdepth":
+        result = rabbitmq_depth(args.queues, args.polls)
     else:
         with open(args.message_file) as f:
             result = queuedepth(args.broker, args.queues, args.polls, f.read())

@@ -41,7 +41,9 @@ __all__ = ["PROFILES", "Profile", "main"]
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SLEEPS = {"sleep1ms": 0.001, "sleep10ms": 0.01}
-SECTIONS = ("hookpath", "publish", "queuedepth", "ab", "sleep", "scrape", "series", "memory")
+SECTIONS = (
+    "hookpath", "publish", "queuedepth", "rabbitmq", "ab", "sleep", "scrape", "series", "memory"
+)  # fmt: skip
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 
@@ -62,6 +64,7 @@ class Profile:
     publish_calls: int
     publish_block: int
     depth_polls: int
+    rabbitmq_reads: int
     scrape_names: tuple[int, ...]
     scrapes: int
     churn: tuple[int, ...]
@@ -90,6 +93,7 @@ PROFILES = {
         publish_calls=400,
         publish_block=100,
         depth_polls=5,
+        rabbitmq_reads=5,
         scrape_names=(10, 100, 500),
         scrapes=3,
         churn=(0, 4),
@@ -117,6 +121,7 @@ PROFILES = {
         publish_calls=10_000,
         publish_block=500,
         depth_polls=50,
+        rabbitmq_reads=100,
         scrape_names=(10, 100, 500),
         scrapes=100,
         churn=(0, 1_000),
@@ -311,6 +316,16 @@ def run(
             ),
         )
 
+        section(
+            "rabbitmq",
+            lambda: _inproc(
+                "rabbitmqdepth",
+                ["--queues", "200", "--polls", str(profile.rabbitmq_reads)],
+                env,
+                300,
+            ),
+        )
+
         def on_round(comp: Comparison, r: RoundResult) -> None:
             _log(
                 f"  {comp.case:8s} {comp.pool:8s} {comp.task:9s} round {len(comp.rounds)}: "
@@ -394,9 +409,7 @@ def run(
             f"at the start, {end_digest} at the end): workers started at different times ran "
             "different code"
         )
-    long = _long_churn(out, results["stamp"]["package_digest"])
-    if long is not None:
-        results["scrape_long"] = long
+    _merge_separate_runs(results, out)
     write_results(results, out)
     _log(f"results in {out}", budget)
     if failed:
@@ -404,6 +417,39 @@ def run(
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
     return results
+
+
+def _merge_separate_runs(results: dict[str, Any], out: Path) -> None:
+    """Fold the runs made apart into ``out``'s subfolders (churn, RabbitMQ) into ``results``."""
+    digest = results["stamp"].get("package_digest", "")
+    long = _long_churn(out, digest)
+    if long is not None:
+        results["scrape_long"] = long
+    own = results.get("rabbitmq") or {}
+    if not own.get("available") or "source" in own:
+        separate = _separate_rabbitmq(out, digest)
+        if separate is not None:
+            results["rabbitmq"] = separate
+
+
+def _separate_rabbitmq(out: Path, digest: str) -> dict[str, Any] | None:
+    """The RabbitMQ read of a separate run in ``out/rabbitmq`` (see the README), with its source.
+
+    Used where ``out``'s own run has no RabbitMQ measurement (made before the
+    section existed, or with ``--only`` without it).
+    """
+    path = out / "rabbitmq" / "results.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    section = data.get("rabbitmq") or {}
+    if not section.get("available"):
+        return None
+    stamp = data["stamp"]
+    source = f"`{stamp['command']}` on {stamp['date']}, git {stamp['git']}"
+    if stamp.get("package_digest") != digest:
+        source += f", package digest {stamp.get('package_digest', 'unknown')} (not this run's)"
+    return {**section, "source": source}
 
 
 def _long_churn(out: Path, digest: str) -> dict[str, Any] | None:
@@ -513,9 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         out = args.out.resolve()
         results = json.loads((out / "results.json").read_text())
-        long = _long_churn(out, results["stamp"].get("package_digest", ""))
-        if long is not None:
-            results["scrape_long"] = long
+        _merge_separate_runs(results, out)
         write_results(results, out)
         if out == (HERE / "results").resolve():
             _update_readme(out)

@@ -616,7 +616,8 @@ def _overview_latency(d: dash.Dashboard) -> dash.Dashboard:
 
 
 def _overview_queues(d: dash.Dashboard) -> dash.Dashboard:
-    """Row "Queues": broker-wide length, oldest age and unacked messages, and polling health."""
+    """Row "Queues": broker-wide length, oldest age, unacked messages and consumers per queue,
+    and polling health."""
     return row(
         d,
         "Queues (broker-wide: filtered by queue only)",
@@ -646,9 +647,29 @@ def _overview_queues(d: dash.Dashboard) -> dash.Dashboard:
             ),
             graph(
                 "Unacknowledged messages",
-                "Messages taken by workers and not yet acknowledged "
-                "(prefetched, running, waiting for their ETA), over all queues.",
-                [query("max(celery_queue_unacked_messages)", "unacked")],
+                "Messages of each queue delivered to workers and not yet acknowledged "
+                "(prefetched, running, waiting for their ETA). RabbitMQ's management API "
+                "tells them; Redis (one unacked hash for every queue) and passive declares "
+                "do not: no series there.",
+                [
+                    query(
+                        f"max by (queue_name) (celery_queue_unacked_messages{{{QUEUE}}})",
+                        "{{queue_name}}",
+                    )
+                ],
+                width=8,
+            ),
+            graph(
+                "Consumers",
+                "Consumers subscribed to each queue, as the broker counts them: 0 while "
+                "messages wait means nobody takes from it. RabbitMQ only (management API "
+                "or passive declares); Redis cannot tell.",
+                [
+                    query(
+                        f"max by (queue_name) (celery_queue_consumers{{{QUEUE}}})",
+                        "{{queue_name}}",
+                    )
+                ],
                 width=8,
             ),
             graph(
@@ -667,7 +688,7 @@ def _overview_queues(d: dash.Dashboard) -> dash.Dashboard:
                         "since last success {{instance}}",
                     ),
                 ],
-                width=24,
+                width=16,
             ),
         ],
     )

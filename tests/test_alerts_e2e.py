@@ -1,8 +1,9 @@
-"""Dashboards and alerts against a real Prometheus scraping real workers on a real Redis.
+"""Dashboards and alerts against a real Prometheus scraping real workers on Redis and RabbitMQ.
 
 One Prometheus session (scrape and rule evaluation every second) watches two
 prefork workers on a private redis-server while the test publishes a scripted
-workload:
+workload, and one worker on a RabbitMQ vhost (queue depth from the management
+API) in a job of its own:
 
 1. a clean mixed workload (successes, a 2.5% background failure rate on a busy
    task, retries, a rare task that succeeds): no alert may even be pending;
@@ -12,10 +13,14 @@ workload:
    in the busy task, one failure of the rare task, a pool child SIGKILLed, a
    task hitting its hard time limit (these four at once, they concern
    different tasks), the consumers cancelled while the queue grows, the broker
-   stopped, every worker SIGKILLed.
+   stopped, every worker SIGKILLed;
+4. on RabbitMQ: the consumers cancelled while the queue grows (backlog growing,
+   not draining, oldest message too old), then a standalone exporter whose
+   management API is unreachable (passive declares: no ages).
 
 The rules are a copy with shortened windows and ``for`` (see
-:func:`short_rules`); thresholds are the real ones.  The table of incident,
+:func:`short_rules`); thresholds are the real ones but the oldest message's
+300 s, itself a duration, shortened to 15 s.  The table of incident,
 alert and time to fire is checked against alerts/README.md, and written into
 it when ``CSUITE_UPDATE_DOCS=1``.
 """
@@ -26,6 +31,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,14 +42,17 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from celery import Celery
 
 from csuite_async_obs.config.celery_settings import CelerySettings
 from csuite_async_obs.instrumentation.instrument import instrumentation_for
+from csuite_async_obs.servers.processes import free_port, stop_process
 from csuite_async_obs.servers.prometheus_server import PrometheusServer
+from csuite_async_obs.servers.rabbitmq_server import RabbitMQServer
 from csuite_async_obs.servers.redis_server import RedisServer
 from csuite_async_obs.task_api.app import create_celery_app
 
-from .support import Worker, wait_for
+from .support import PYTHON, Worker, wait_for
 from .test_dashboards import committed, label_values, substitute, targets, variable_queries
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +64,11 @@ BEGIN, END = "<!-- incident-table:begin -->", "<!-- incident-table:end -->"
 
 JOB = "celery-workers"
 QUEUE = "celery"
+# The RabbitMQ worker: a job and a queue name of its own (the queue rules take
+# max by (queue_name) across jobs: one broker's queue must not hide another's).
+RABBIT_JOB = "celery-rabbitmq"
+RABBIT_QUEUE = "e2e.rabbitmq"
+EXPORTER_JOB = "celery-queue-exporter"
 SCRAPE = 1.0
 CLEAN_SECONDS = 60.0  # the clean workload; no incident may need longer to fire
 INCIDENT_DEADLINE = CLEAN_SECONDS
@@ -68,6 +82,11 @@ STALENESS = {
     "time() - celery_queue_length_last_success_timestamp_seconds > 60":
         "time() - celery_queue_length_last_success_timestamp_seconds > 5",
 }  # fmt: skip
+# The age threshold is a duration: 300 s would make the incident last minutes.
+AGE_THRESHOLD = {
+    "queue:celery_queue_oldest_message_age_seconds:max > 300":
+        "queue:celery_queue_oldest_message_age_seconds:max > 15",
+}  # fmt: skip
 # What Grafana would put in for a 1 s scrape interval: $__rate_interval is
 # max(4 x scrape interval, $__interval + scrape interval).
 RATE_INTERVAL = "4s"
@@ -75,9 +94,9 @@ STEP = 2.0
 
 
 def short_rules(folder: Path) -> list[Path]:
-    """A copy of the rule files with the short windows, `for` and staleness above."""
+    """A copy of the rule files with the short windows, `for`, staleness and age threshold above."""
     copies = []
-    replaced = dict.fromkeys(STALENESS, 0)
+    replaced = dict.fromkeys({**STALENESS, **AGE_THRESHOLD}, 0)
     for source in RULE_FILES:
         document = yaml.safe_load(source.read_text())
         for group in document["groups"]:
@@ -89,7 +108,7 @@ def short_rules(folder: Path) -> list[Path]:
                 )
                 for long, short in SHORT_WINDOWS.items():
                     expr = expr.replace(f"[{long}]", f"[{short}]")
-                for long, short in STALENESS.items():
+                for long, short in {**STALENESS, **AGE_THRESHOLD}.items():
                     replaced[long] += expr.count(long)
                     expr = expr.replace(long, short)
                 rule["expr"] = expr
@@ -98,7 +117,8 @@ def short_rules(folder: Path) -> list[Path]:
         copy = folder / source.name
         copy.write_text(yaml.safe_dump(document, sort_keys=False))
         copies.append(copy)
-    assert replaced == {k: (2 if "<" in k else 1) for k in STALENESS}, replaced
+    # "< 60": the two queue recording rules and CeleryQueueOldestMessageAgeUnknown.
+    assert replaced == {k: (3 if "<" in k else 1) for k in {**STALENESS, **AGE_THRESHOLD}}, replaced
     return copies
 
 
@@ -170,6 +190,7 @@ class Expectation:
     incident: str
     alert: str
     labels: dict[str, str]
+    broker: str = "Redis"
     started: float = 0.0  # time.monotonic() of the incident's trigger
     fired_after: float | None = None
 
@@ -217,14 +238,17 @@ def write_table(report: Report, workers: Mapping[str, str]) -> str:
     """Check (or write) alerts/README.md's incident table; ``workers`` names the instances."""
     lines = [
         BEGIN,
-        "| incident | alert | labels | time to fire |",
-        "| --- | --- | --- | --- |",
-        f"| clean mixed workload, {CLEAN_SECONDS:.0f} s | none | | no alert pending or firing |",
+        "| broker | incident | alert | labels | time to fire |",
+        "| --- | --- | --- | --- | --- |",
+        f"| Redis | clean mixed workload, {CLEAN_SECONDS:.0f} s (the RabbitMQ worker idle) | none "
+        "| | no alert pending or firing |",
     ]
     for row in report.rows:
         labels = ", ".join(f"`{k}={workers.get(v, v)}`" for k, v in row.labels.items())
         assert row.fired_after is not None
-        lines.append(f"| {row.incident} | {row.alert} | {labels} | {row.fired_after:.1f} s |")
+        lines.append(
+            f"| {row.broker} | {row.incident} | {row.alert} | {labels} | {row.fired_after:.1f} s |"
+        )
     lines.append("")
     for phase, others in report.also:
         lines.append(
@@ -357,8 +381,39 @@ def broker() -> Iterator[RedisServer]:
     server.stop()
 
 
+def wait_for_targets(prom: PrometheusServer, jobs: tuple[str, ...], timeout: float) -> None:
+    """Wait until every target of ``jobs`` has been scraped successfully."""
+    expected = sum(len(prom.jobs[job]) for job in jobs)
+
+    def up() -> bool:
+        healthy = [t for t in prom.targets() if t.get("health") == "up"]
+        return sum(t["labels"]["job"] in jobs for t in healthy) == expected
+
+    wait_for(up, timeout, message=f"targets of {jobs} up")
+
+
+def start_exporter(
+    env: Mapping[str, str], port: int, api_url: str, log: Path
+) -> subprocess.Popen[bytes]:
+    """``csuite-async-obs exporter`` on ``port``, polling every second, the API at ``api_url``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [PYTHON, "-m", "csuite_async_obs.cli", "exporter", "--metrics-port", str(port),
+             "--metrics-addr", "127.0.0.1", "--metrics-queues", RABBIT_QUEUE,
+             "--metrics-queue-exclude", QUEUE, "--metrics-queue-poll-interval", "1",
+             "--metrics-rabbitmq-api-url", api_url],
+            env=dict(env), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
 def test_incidents_fire_their_alerts_and_dashboards_answer(
-    broker: RedisServer, workers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: RedisServer,
+    workers: Any,
+    rabbitmq_server: RabbitMQServer,
+    rabbitmq_vhost: str,
+    rabbitmq_workers: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Celery's broker_url setting prefers CELERY_BROKER_URL from the environment
     # (conftest points it at the session's Redis) over the app's configuration.
@@ -380,24 +435,53 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
         )
         for _ in range(2)
     ]
-    for worker in started:
+    # Queue depth from RabbitMQ's management API (the test node's port is not 15672).
+    # The queue is named: a worker polls the queues it consumes *now*, and
+    # cancel_consumer would take it out of the readings.
+    rabbit_env = {
+        "CSUITE_RABBITMQ_API_URL": rabbitmq_server.management_url,
+        "CSUITE_QUEUES": RABBIT_QUEUE,
+        "CSUITE_QUEUE_POLL_INTERVAL": "1",
+        "CSUITE_QUEUE_POLL_TIMEOUT": "2",
+    }
+    rabbit = rabbitmq_workers(
+        pool="solo", args=("-Q", RABBIT_QUEUE, "--prefetch-multiplier", "1"), env=rabbit_env,
+        wait=False,
+    )  # fmt: skip
+    # A standalone exporter on the same vhost whose management API is unreachable
+    # (passive declares): scraped from the start, started only for its incident.
+    exporter_port = free_port()
+    exporter_env = {**rabbitmq_workers.env, "CSUITE_QUEUE_POLL_TIMEOUT": "2"}
+    exporter: subprocess.Popen[bytes] | None = None
+    for worker in (*started, rabbit):
         worker.wait_ready()
     hostnames = [w.hostname for w in started]
     client = redis.Redis.from_url(f"{broker.url}/0")
     app = create_celery_app(
         CelerySettings(broker_url=f"{broker.url}/0", result_backend=f"{broker.url}/1")
     )
-    prom = PrometheusServer({JOB: [f"127.0.0.1:{w.port}" for w in started]}, short_rules(tmp_path),
-                            scrape_interval=SCRAPE, evaluation_interval=SCRAPE)  # fmt: skip
+    rabbit_backend = rabbitmq_workers.env["CELERY_RESULT_BACKEND"]
+    rabbit_app = create_celery_app(
+        CelerySettings(broker_url=rabbitmq_vhost, result_backend=rabbit_backend)
+    )
+    vhost = rabbitmq_vhost.rsplit("/", 1)[1]
+    jobs = {
+        JOB: [f"127.0.0.1:{w.port}" for w in started],
+        RABBIT_JOB: [f"127.0.0.1:{rabbit.port}"],
+        EXPORTER_JOB: [f"127.0.0.1:{exporter_port}"],
+    }
+    prom = PrometheusServer(jobs, short_rules(tmp_path), scrape_interval=SCRAPE,
+                            evaluation_interval=SCRAPE)  # fmt: skip
     workload: Workload | None = None
     try:
         prom.start()
         assert prom.process is not None
         assert listening_addresses(prom.process.pid) == {("127.0.0.1", prom.port)}
-        prom.wait_for_targets(timeout=30)
-        # The queue-depth poll has run and Prometheus has its first readings.
-        wait_for(lambda: prom.query(f'celery_queue_length{{queue_name="{QUEUE}"}}'), 30,
-                 message="queue length in Prometheus")  # fmt: skip
+        wait_for_targets(prom, (JOB, RABBIT_JOB), timeout=30)
+        # The queue-depth polls have run and Prometheus has their first readings.
+        for job, queue in ((JOB, QUEUE), (RABBIT_JOB, RABBIT_QUEUE)):
+            expr = f'celery_queue_length{{job="{job}", queue_name="{queue}"}}'
+            wait_for(lambda e=expr: prom.query(e), 30, message=f"{queue} length in Prometheus")
         report = Report()
 
         # --- 1. clean mixed workload: nothing may even be pending.
@@ -421,7 +505,7 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
             for board in committed().values()
         )
         assert check_dashboards(prom, clean_start, clean_end) == queries
-        assert check_rules_evaluate(prom) == 28
+        assert check_rules_evaluate(prom) == 29
 
         # --- 3a. four task incidents at once.
         burst = Expectation(
@@ -474,11 +558,16 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
             "CeleryQueueBacklogGrowing",
             {"queue_name": QUEUE},
         )
-        stuck.started = growing.started = time.monotonic()
+        old = Expectation(
+            "consumers cancelled while the queue grows",
+            "CeleryQueueOldestMessageTooOld",
+            {"queue_name": QUEUE},
+        )
+        stuck.started = growing.started = old.started = time.monotonic()
         for i in range(120):
             app.send_task("tests.ok", args=(i,), queue=QUEUE)
-        others = wait_until_fired(prom, [stuck, growing])
-        report.rows += [stuck, growing]
+        others = wait_until_fired(prom, [stuck, growing, old])
+        report.rows += [stuck, growing, old]
         report.also.append(("the cancelled consumers", sorted(others)))
         replies = app.control.add_consumer(QUEUE, destination=hostnames, reply=True, timeout=5)
         assert sorted(next(iter(r)) for r in replies) == sorted(hostnames), replies
@@ -490,8 +579,10 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
         # while restoring them), and then the alert is CeleryWorkerDown instead.
         workload.stop()
         workload = None
+        # Redis cannot tell unacked messages: a worker's are its prefetched and
+        # active requests (ETA ones included).
         idle = (
-            f'max(celery_queue_unacked_messages{{job="{JOB}"}}) == 0'
+            f'sum(celery_worker_prefetched_tasks{{job="{JOB}"}}) == 0'
             f' and on () max(celery_queue_length{{job="{JOB}"}}) == 0'
             f' and on () sum(celery_worker_tasks_active{{job="{JOB}"}}) == 0'
         )
@@ -526,18 +617,87 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
         report.rows += killed
         report.also.append(("the kill of every worker", sorted(others)))
 
+        # --- 4a. RabbitMQ: consumers cancelled while the queue grows and ages.
+        # Celery's broker_url and result_backend prefer the CELERY_* variables
+        # (Redis, above, now stopped); the RabbitMQ app's producer pool and
+        # backend are made at their first use, from here on.
+        monkeypatch.setenv("CELERY_BROKER_URL", rabbitmq_vhost)
+        monkeypatch.setenv("CELERY_RESULT_BACKEND", rabbit_backend)
+        replies = rabbit_app.control.cancel_consumer(RABBIT_QUEUE, destination=[rabbit.hostname],
+                                                     reply=True, timeout=5)  # fmt: skip
+        assert [next(iter(r)) for r in replies] == [rabbit.hostname], replies
+        wait_for(lambda: rabbitmq_server.list_queues(vhost)[RABBIT_QUEUE]["consumers"] == 0, 10,
+                 message="consumer cancelled on RabbitMQ")  # fmt: skip
+        queue_incident = "consumers cancelled while the queue grows"
+        rabbit_rows = [
+            Expectation(queue_incident, alert, {"queue_name": RABBIT_QUEUE}, broker="RabbitMQ")
+            for alert in (
+                "CeleryQueueNotDraining",
+                "CeleryQueueBacklogGrowing",
+                "CeleryQueueOldestMessageTooOld",
+            )
+        ]
+        start = time.monotonic()
+        for i in range(120):
+            rabbit_app.send_task("tests.ok", args=(i,), queue=RABBIT_QUEUE, ignore_result=True)
+        for e in rabbit_rows:
+            e.started = start
+        others = wait_until_fired(prom, rabbit_rows)
+        report.rows += rabbit_rows
+        report.also.append(("the cancelled consumers on RabbitMQ", sorted(others)))
+        # The management API's numbers, through the worker and Prometheus, are
+        # the broker's own (rabbitmqctl counts live).
+        assert rabbitmq_server.list_queues(vhost)[RABBIT_QUEUE] == {
+            "messages_ready": 120, "messages_unacknowledged": 0, "consumers": 0
+        }  # fmt: skip
+        selector = f'{{job="{RABBIT_JOB}", queue_name="{RABBIT_QUEUE}"}}'
+        for metric, value in (("celery_queue_length", 120), ("celery_queue_unacked_messages", 0),
+                              ("celery_queue_consumers", 0)):  # fmt: skip
+            expr = f"{metric}{selector}"
+            wait_for(lambda e=expr, v=value: prom.value(e) == v, 10, message=f"{expr} == {value}")
+        age = prom.value(f"celery_queue_oldest_message_age_seconds{selector}")
+        assert age is not None and 15 < age < time.monotonic() - start + 2, age
+        replies = rabbit_app.control.add_consumer(RABBIT_QUEUE, destination=[rabbit.hostname],
+                                                  reply=True, timeout=5)  # fmt: skip
+        assert [next(iter(r)) for r in replies] == [rabbit.hostname], replies
+
+        # --- 4b. RabbitMQ without its management API: passive declares, no ages.
+        unknown = Expectation(
+            "a standalone exporter without the management API (passive declares)",
+            "CeleryQueueOldestMessageAgeUnknown",
+            {"instance": f"127.0.0.1:{exporter_port}"},
+            broker="RabbitMQ",
+        )
+        unknown.started = time.monotonic()
+        nobody = f"http://127.0.0.1:{free_port()}"  # refused: the API is unreachable
+        exporter = start_exporter(exporter_env, exporter_port, nobody, tmp_path / "exporter.log")
+        others = wait_until_fired(prom, [unknown])
+        report.rows.append(unknown)
+        report.also.append(("the exporter without the management API", sorted(others)))
+        # Lengths and consumers by passive declare; the age and unacked series absent.
+        exported = {s["metric"]["__name__"] for s in prom.query(
+            f'{{job="{EXPORTER_JOB}", queue_name="{RABBIT_QUEUE}"}}'
+        )}  # fmt: skip
+        assert exported == {"celery_queue_length", "celery_queue_consumers"}, exported
+
         # The clean run was long enough to have fired any of them.
         assert max(e.fired_after or 0.0 for e in report.rows) <= CLEAN_SECONDS
-        table = write_table(
-            report, {f"127.0.0.1:{w.port}": f"<worker {i}>" for i, w in enumerate(started, 1)}
-        )
+        names = {f"127.0.0.1:{w.port}": f"<worker {i}>" for i, w in enumerate(started, 1)}
+        names[f"127.0.0.1:{exporter_port}"] = "<exporter>"
+        table = write_table(report, names)
         print(table)
     finally:
         if workload is not None:
             workload._stop_event.set()
+        stop_process(exporter)
         prom.stop()
         client.close()
-        app.close()
-        instrumentation = instrumentation_for(app)
-        if instrumentation is not None:
-            instrumentation.disconnect_signals()
+        for celery_app in (app, rabbit_app):
+            close_app(celery_app)
+
+
+def close_app(app: Celery) -> None:
+    app.close()
+    instrumentation = instrumentation_for(app)
+    if instrumentation is not None:
+        instrumentation.disconnect_signals()

@@ -40,7 +40,7 @@ def test_quick_run_writes_every_case(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=340,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -81,6 +81,14 @@ def test_quick_run_writes_every_case(tmp_path: Path) -> None:
     for transport in ("redis", "memory"):
         assert "hook_cost_us" in data["publish"][transport], data["publish"][transport]
     assert _measured_or_reason(data["queuedepth"], "round_trips")
+    # 200 RabbitMQ queues: one management API request, 200 passive declares.
+    rabbitmq = data["rabbitmq"]
+    assert _measured_or_reason(rabbitmq, "round_trips")
+    if rabbitmq.get("available"):
+        assert (rabbitmq["queues"], rabbitmq["reads"]) == (200, 5)
+        assert (rabbitmq["api"]["round_trips"], rabbitmq["declare"]["round_trips"]) == (1, 200)
+        assert (rabbitmq["api"]["ages"], rabbitmq["declare"]["ages"]) == (200, 0)
+        assert "## Queue depth on RabbitMQ" in markdown
 
     scrape = data["scrape"]
     assert [r["names"] for r in scrape["by_names"]] == [10, 100, 500]

@@ -24,7 +24,8 @@ EXPECTED_ALERTS = (
     "CeleryWorkersAllDown", "CeleryWorkerDown", "CeleryWorkerConsumerDown", "CeleryWorkerSaturated",
     "CeleryTaskFailureRatioHigh", "CeleryRareTaskFailed", "CeleryTaskTimeLimitExceeded",
     "CeleryTaskWorkerLost", "CeleryQueueNotDraining", "CeleryQueueBacklogGrowing",
-    "CeleryQueueOldestMessageTooOld", "CeleryQueueWaitHigh", "CeleryQueueDepthPollingFailing",
+    "CeleryQueueOldestMessageTooOld", "CeleryQueueOldestMessageAgeUnknown", "CeleryQueueWaitHigh",
+    "CeleryQueueDepthPollingFailing",
     "CeleryInstrumentationErrors", "CeleryMetricsLabelOverflow",
 )  # fmt: skip
 
@@ -49,7 +50,7 @@ def test_promtool_check_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == (
         f"Checking {RULE_FILES[0]}\n  SUCCESS: 13 rules found\n\n"
-        f"Checking {RULE_FILES[1]}\n  SUCCESS: 15 rules found\n\n"
+        f"Checking {RULE_FILES[1]}\n  SUCCESS: 16 rules found\n\n"
     )
     assert result.stderr == ""
 

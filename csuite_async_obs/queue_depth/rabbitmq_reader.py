@@ -199,7 +199,9 @@ class RabbitMQReader(BrokerReader):
             return rows
         self.round_trips += 1
         rows = self.api.get_queues()
-        self._last = (now, rows)
+        # Only a discovery's response is kept: a read's own would serve the next
+        # read (a poll a second later) with numbers a poll old.
+        self._last = None if reuse else (now, rows)
         return rows
 
     def _read(self, queues: Sequence[str]) -> Reading:
