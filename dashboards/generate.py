@@ -514,8 +514,18 @@ def _overview_throughput(d: dash.Dashboard) -> dash.Dashboard:
             lifecycle(
                 "Task lifecycle",
                 "Messages per second at each step: sent (by any publisher), "
-                "received and started by workers, and how they ended.",
-                ("received", "started", "succeeded", "failed", "retried", "revoked", "rejected"),
+                "received and started by workers, and how they ended; redelivered: "
+                "delivered again after a lost connection or worker (not in received).",
+                (
+                    "received",
+                    "redelivered",
+                    "started",
+                    "succeeded",
+                    "failed",
+                    "retried",
+                    "revoked",
+                    "rejected",
+                ),
             ),
             graph(
                 "Retries by task",
@@ -907,9 +917,18 @@ def _task_outcomes(d: dash.Dashboard) -> dash.Dashboard:
             ),
             lifecycle(
                 "Lifecycle",
-                "Messages per second: sent (by any publisher), received, started, "
-                "succeeded, retried, revoked, rejected.",
-                ("received", "started", "succeeded", "retried", "revoked", "rejected"),
+                "Messages per second: sent (by any publisher), received, redelivered "
+                "(delivered again, not in received), started, succeeded, retried, revoked, "
+                "rejected.",
+                (
+                    "received",
+                    "redelivered",
+                    "started",
+                    "succeeded",
+                    "retried",
+                    "revoked",
+                    "rejected",
+                ),
                 width=24,
             ),
         ],

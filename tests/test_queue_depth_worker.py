@@ -64,3 +64,21 @@ def test_queue_depth_can_be_turned_off_per_worker(workers: Any) -> None:
     assert s.find("celery_queue_length") == []
     assert s.find("celery_queue_length_poll_errors_total") == []
     assert s.value("celery_worker_up", hostname=worker.hostname) == 1
+
+
+def test_a_queue_stays_reported_after_its_consumer_is_cancelled(workers: Any) -> None:
+    worker = workers(
+        pool="solo", args=("-Q", "celery,qc.cancelled", "--metrics-queue-poll-interval", "0.5")
+    )
+    wait_for(lambda: "qc.cancelled" in _lengths(worker.scrape()), 30, message="qc.cancelled polled")
+    app = t.ok.app
+    replies = app.control.cancel_consumer("qc.cancelled", destination=[worker.hostname], reply=True)
+    assert replies and "ok" in next(iter(replies[0].values())), replies
+    # Nobody consumes it now: what is published there stays, and must be seen.
+    for i in range(3):
+        t.ok.apply_async(args=(i,), queue="qc.cancelled")
+    wait_for(
+        lambda: _lengths(worker.scrape()).get("qc.cancelled") == 3.0,
+        30,
+        message="the cancelled queue's backlog reported",
+    )

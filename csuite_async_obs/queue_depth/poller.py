@@ -105,7 +105,8 @@ class QueueDepthPoller:
         app: the Celery app whose broker is read.
         selection: which queues (see :class:`QueueSelection`).
         consumed: the queues a worker consumes, or a callable returning them
-            (evaluated at every poll, so queues added at run time count).
+            (evaluated at every poll, so queues added at run time count; a
+            queue once consumed stays polled after its consumer is cancelled).
         interval: seconds between the starts of two polls.
         timeout: seconds a poll may take; a slower one counts as failed.
         log_format: rendering of the package's logs.
@@ -180,7 +181,11 @@ class QueueDepthPoller:
             return self._consumed
         # Worker state read mid-change may raise: keep the last list then.
         with contextlib.suppress(Exception):
-            self._last_consumed = tuple(str(q) for q in self._consumed())
+            now = [str(q) for q in self._consumed()]
+            # A queue stays polled after its consumer is cancelled (control
+            # cancel_consumer, -Q changes): a queue nobody consumes any more is
+            # exactly the backlog an alert must see grow.
+            self._last_consumed = tuple(dict.fromkeys([*self._last_consumed, *now]))
         return self._last_consumed
 
     def _read(self, reader: BrokerReader) -> tuple[Reading, int]:
