@@ -318,7 +318,7 @@ def test_typed_config_is_validated_too() -> None:
     config = MonitoringConfig(
         selectors=Selectors(worker='job="w"'), alerts={"NoSuchAlert": AlertTuning()}
     )
-    with pytest.raises(MonitoringConfigError, match="alerts.NoSuchAlert = 'NoSuchAlert'"):
+    with pytest.raises(MonitoringConfigError, match=r"alerts\.NoSuchAlert = 'NoSuchAlert'"):
         rule_files(config)
 
 
