@@ -354,3 +354,24 @@ def test_export_command_writes_rules_and_manifest(tmp_path: Path) -> None:
         assert (tmp_path / "prometheus" / name).read_text() == text
     manifest = yaml.safe_load((tmp_path / "kubernetes" / "prometheusrule.yaml").read_text())
     assert manifest["metadata"]["labels"]["release"] == "prom"
+
+
+def test_rule_writer_spells_plain_mapping_groups_back_exactly() -> None:
+    """The SLO groups come as plain mappings: any key, quoted numbers, multi-line exprs."""
+    from csuite_async_obs.monitoring.yamltext import dump_groups
+
+    groups = [
+        {
+            "name": "x.slo",
+            "interval": "30s",
+            "rules": [
+                {"record": "slo:x:ratio", "expr": "sum(rate(a[5m]))", "labels": {"ratio": "0.995"}},
+                {"alert": "A", "expr": "a > 1\nand b", "for": "1h",
+                 "labels": {"severity": "critical", "odd": "#: {x}"},
+                 "annotations": {"summary": 'say "hi"', "description": "word " * 40}},
+            ],
+        }
+    ]  # fmt: skip
+    text = dump_groups(groups)
+    assert yaml.safe_load(text) == {"groups": groups}
+    assert '        labels:\n          ratio: "0.995"\n' in text

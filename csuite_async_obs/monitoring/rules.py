@@ -289,6 +289,7 @@ level names the labels kept:
   task      = job, queue_name, name     queue = queue_name
   job_queue = job, queue_name            job   = job
   a trailing _le keeps the histogram bucket label le
+  (and every level the config's cluster label, when it has one)
 The windows in the names are tuning points; see alerts/README.md.
 The dashboards do not read these series (they query the raw metrics so that
 the instance filter works and they need no rules loaded)."""

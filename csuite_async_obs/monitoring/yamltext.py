@@ -118,16 +118,13 @@ def dump_groups(
 
 def _group(group: Group | Mapping[str, Any], indent: int) -> list[str]:
     pad = " " * indent
-    if isinstance(group, Group):
-        name, interval, rules = group.name, group.interval, list(group.rules)
-    else:
-        extra = set(group) - {"name", "interval", "rules"}
-        if extra:
-            raise ValueError(f"rule group {group.get('name')!r}: unknown keys {sorted(extra)}")
-        name, interval, rules = group["name"], group.get("interval"), list(group["rules"])
-    lines = [f"{pad}- name: {scalar(name)}"]
-    if interval is not None:
-        lines.append(f"{pad}  interval: {scalar(interval)}")
+    data = group.data() if isinstance(group, Group) else dict(group)
+    rules = list(group.rules) if isinstance(group, Group) else list(data["rules"])
+    lines = [f"{pad}- name: {scalar(data['name'])}"]
+    # Other group keys (interval, limit, query_offset...) in their order, before the rules.
+    for key, value in data.items():
+        if key not in ("name", "rules"):
+            lines += _entry(f"{pad}  ", key, value, indent + 2)
     lines.append(f"{pad}  rules:")
     alerts = any(isinstance(r, Rule) and r.alert for r in rules)
     for index, rule in enumerate(rules):
