@@ -2,7 +2,8 @@
 
 ``demo`` runs the project's main job in one command; ``exporter`` serves queue
 depth for a whole broker without a worker; ``options`` prints every
-instrumentation option with its variable and worker flag.  A bad setting ends
+instrumentation option with its variable and worker flag; ``monitoring``
+(:mod:`.monitoring`) writes the rules and dashboards for a monitoring config.  A bad setting ends
 the command with one line naming the variable and exit status 2.
 """
 
@@ -18,6 +19,7 @@ import click
 
 from ..config.errors import ConfigError
 from ..config.options import OBS_OPTIONS, OPTIONS_BY_ATTR
+from .monitoring import monitoring
 
 __all__ = ["main"]
 
@@ -212,3 +214,6 @@ def metrics(markdown: bool) -> None:
         return
     for spec in METRICS:
         click.echo(f"{spec.name:52} {spec.type:9} {','.join(spec.labels):28} {spec.help}")
+
+
+main.add_command(monitoring)

@@ -102,8 +102,10 @@ class Selectors:
 
     ``worker`` selects the worker targets (every task, worker and queue metric they
     serve, and ``up`` for the worker-down alerts); ``exporter`` the standalone
-    queue-depth exporters, if any (their queue metrics).  Empty matches every
-    target that serves the metrics, as the default rules do.
+    queue-depth exporters, if any (their queue metrics).  The queue series are read
+    from either, as the union ``(m{worker} or m{exporter})``; with no ``exporter``,
+    from the worker targets alone.  Empty ``worker`` matches every target that
+    serves the metrics, as the default rules do.
     """
 
     worker: str = ""

@@ -34,7 +34,6 @@ __all__ = [
     "PrometheusError",
     "PrometheusServer",
     "find_prometheus",
-    "rule_files",
 ]
 
 DEFAULT_JOB = "csuite-async-obs"
@@ -47,18 +46,6 @@ class PrometheusError(RuntimeError):
 def find_prometheus() -> str | None:
     """Path of the ``prometheus`` binary on the PATH, or ``None``."""
     return shutil.which("prometheus")
-
-
-def rule_files() -> list[Path]:
-    """The rule files shipped in the source tree (``alerts/*.rules.yml``), recording rules first.
-
-    Returns an empty list when the package runs from an installation without
-    the source tree next to it.
-    """
-    folder = Path(__file__).resolve().parents[2] / "alerts"
-    return sorted(
-        folder.glob("*.rules.yml"), key=lambda p: (p.name != "recording.rules.yml", p.name)
-    )
 
 
 def _duration(seconds: float) -> str:
