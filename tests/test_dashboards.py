@@ -1,4 +1,6 @@
-"""The committed dashboards are exactly what dashboards/generate.py makes, and they are sound.
+"""The committed dashboards are exactly what the generator makes for the default config
+(csuite_async_obs/monitoring/boards.py, written by dashboards/generate.py), the package's
+shipped copies too, and they are sound.
 
 Also the home of the PromQL helpers the rule and end-to-end tests share:
 metric names used by an expression, Grafana variable substitution, and the
@@ -25,6 +27,10 @@ from csuite_async_obs.metrics.catalog import METRICS
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
 GENERATOR = DASHBOARDS / "generate.py"
+SHIPPED = ROOT / "csuite_async_obs" / "monitoring" / "default_dashboards"
+# Today's uids: the default config's output keeps them.
+OVERVIEW_UID = "csuite-async-obs-overview"
+TASK_UID = "csuite-async-obs-task"
 PROMTOOL = "promtool"
 
 # Series that dashboards and rules may read besides the package's own: `up` is
@@ -150,6 +156,16 @@ def test_committed_json_is_what_the_generator_makes() -> None:
 
 
 @pytest.mark.generator
+def test_shipped_copies_are_what_the_generator_makes() -> None:
+    """The wheel's default dashboards (for installs without the SDK) cannot drift."""
+    from csuite_async_obs.monitoring.dashboards import shipped_defaults
+
+    rendered = load_generator().render()
+    assert sorted(p.name for p in SHIPPED.glob("*.json")) == sorted(rendered)
+    assert shipped_defaults() == rendered
+
+
+@pytest.mark.generator
 def test_generator_check_mode_passes_on_the_committed_files() -> None:
     result = subprocess.run([sys.executable, str(GENERATOR), "--check"], capture_output=True,
                             text=True, timeout=120)  # fmt: skip
@@ -264,12 +280,10 @@ def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
 
 
-@pytest.mark.generator
 def test_overview_tables_link_to_the_task_dashboard() -> None:
-    generator = load_generator()
     overview = committed()["overview.json"]
     task = committed()["task.json"]
-    assert task["uid"] == generator.TASK_UID
+    assert task["uid"] == TASK_UID
     linked = {}
     for panel in panels(overview):
         for override in panel.get("fieldConfig", {}).get("overrides", []):
@@ -281,7 +295,7 @@ def test_overview_tables_link_to_the_task_dashboard() -> None:
         assert matcher == {"id": "byName", "options": "name"}
         [link] = links
         url = link["url"]
-        assert url.startswith(f"/d/{generator.TASK_UID}/"), url
+        assert url.startswith(f"/d/{TASK_UID}/"), url
         assert "var-task=${__data.fields.name}" in url
         assert "var-queue_name=${__data.fields.queue_name}" in url
         assert "${__url_time_range}" in url and "${datasource:queryparam}" in url
@@ -295,11 +309,9 @@ def test_overview_tables_link_to_the_task_dashboard() -> None:
                 ]
     # And back.
     assert [link["url"] for link in task["links"]] == [
-        f"/d/{generator.OVERVIEW_UID}/csuite-async-obs-overview"
+        f"/d/{OVERVIEW_UID}/csuite-async-obs-overview"
     ]
-    assert [link["url"] for link in overview["links"]] == [
-        f"/d/{generator.TASK_UID}/csuite-async-obs-task"
-    ]
+    assert [link["url"] for link in overview["links"]] == [f"/d/{TASK_UID}/csuite-async-obs-task"]
 
 
 REQUIRED_OVERVIEW_PANELS = (

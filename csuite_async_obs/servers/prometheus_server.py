@@ -64,6 +64,9 @@ class PrometheusServer:
         scrape_interval: seconds between scrapes (the scrape timeout is the same).
         evaluation_interval: seconds between rule evaluations.
         job: job name for ``targets`` given as a plain list.
+        labels: target labels by job name, added to every target of that job (a
+            ``cluster`` label, say, as a deployment's service discovery or
+            relabelling would set it).
         port: port to listen on (127.0.0.1 only); a free one by default.
         binary: the ``prometheus`` executable; found on the PATH by default.
     """
@@ -76,6 +79,7 @@ class PrometheusServer:
         scrape_interval: float = 1.0,
         evaluation_interval: float = 1.0,
         job: str = DEFAULT_JOB,
+        labels: Mapping[str, Mapping[str, str]] | None = None,
         port: int | None = None,
         binary: str | None = None,
     ) -> None:
@@ -83,6 +87,10 @@ class PrometheusServer:
             self.jobs = {name: list(addresses) for name, addresses in targets.items()}
         else:
             self.jobs = {job: list(targets)}
+        self.labels = {name: dict(values) for name, values in (labels or {}).items()}
+        unknown = set(self.labels) - set(self.jobs)
+        if unknown:
+            raise ValueError(f"labels for jobs that have no targets: {sorted(unknown)}")
         self.rule_files = [Path(p) for p in rule_files]
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
@@ -109,8 +117,14 @@ class PrometheusServer:
             },
             "rule_files": [str(p) for p in rule_paths],
             "scrape_configs": [
-                {"job_name": name, "static_configs": [{"targets": addresses}]}
+                {
+                    "job_name": name,
+                    "static_configs": [
+                        {"targets": addresses, **({"labels": labels} if labels else {})}
+                    ],
+                }
                 for name, addresses in self.jobs.items()
+                for labels in [self.labels.get(name)]
             ],
         }
 
