@@ -180,11 +180,11 @@ def slo_windows(slo: SLO) -> tuple[ScaledWindow, ...]:
     scale = _seconds(slo.window) / _REFERENCE
     out = []
     for window in BURN_WINDOWS:
-        long, short = (_rounded(s * scale) for s in (window.long_seconds, window.short_seconds))
-        if short < 1:
+        if window.short_seconds * scale < 1:
             raise MonitoringConfigError(
                 f"slos.{slo.name}.window", slo.window, "a window of at least 2h14m24s"
             )
+        long, short = (_rounded(s * scale) for s in (window.long_seconds, window.short_seconds))
         out.append(ScaledWindow(window.alert, window.factor, _duration(long), _duration(short)))
     return tuple(out)
 
