@@ -416,3 +416,115 @@ def test_promtool_fast_and_slow_burns_fire_and_within_budget_does_not(tmp_path: 
     result = promtool_run("test", "rules", str(unit))
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
     assert "SUCCESS" in result.stdout
+
+
+# --------------------------------------------------------------------------- end to end
+
+JOB = "celery-slo"
+E2E_SLO = SLO("flaky", "tests.fla*y", success_ratio=0.99, window="11h12m")  # 28d / 60
+PER_SECOND = 10
+WITHIN_BUDGET_SECONDS = 40.0
+FAIL_EVERY = 200  # 0.5% failing: half the 1% budget, burn rate 0.5
+
+
+class Publisher(threading.Thread):
+    """Sends ``tests.flaky`` PER_SECOND times a second; every FAIL_EVERY-th call fails,
+    or every call once :attr:`burst` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(name="slo-publisher", daemon=True)
+        self.app = get_celery_app()
+        self.sent = self.failing = 0
+        self.burst = threading.Event()
+        self.paused = threading.Event()
+        self.stopped = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        next_at = time.monotonic()
+        try:
+            while not self.stopped.is_set():
+                if self.paused.is_set():
+                    next_at = time.monotonic() + 0.05
+                    self.stopped.wait(0.05)
+                    continue
+                fail = self.burst.is_set() or (self.sent + 1) % FAIL_EVERY == 0
+                self.app.send_task("tests.flaky", args=(fail,), ignore_result=True)
+                self.sent += 1
+                self.failing += fail
+                next_at += 1 / PER_SECOND
+                self.stopped.wait(max(0.0, next_at - time.monotonic()))
+        except BaseException as exc:  # noqa: BLE001 -- reported by stop()
+            self.error = exc
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+        assert self.error is None, f"publishing failed: {self.error!r}"
+
+
+def slo_alerts(prom: PrometheusServer) -> list[dict[str, Any]]:
+    """Active SLO alerts, pending or firing."""
+    return [a for a in prom.alerts() if a["labels"]["alertname"] in (FAST, SLOW)]
+
+
+def test_failure_burst_pages_and_errors_within_budget_do_not(workers: Any, tmp_path: Path) -> None:
+    worker = workers(pool="solo")
+    config = MonitoringConfig(selectors=Selectors(worker=f'job="{JOB}"'), slos=(E2E_SLO,))
+    windows = slo_windows(E2E_SLO)
+    assert [(w.long, w.short) for w in windows] == [("1m", "5s"), ("6m", "30s"),
+                                                    ("24m", "2m"), ("1h12m", "6m")]  # fmt: skip
+    prom = PrometheusServer({JOB: [f"127.0.0.1:{worker.port}"]}, [write_rules(tmp_path, config)],
+                            scrape_interval=1.0, evaluation_interval=1.0)  # fmt: skip
+    publisher = Publisher()
+    try:
+        prom.start()
+        prom.wait_for_targets()
+        unhealthy = [r["name"] for g in prom.rules() for r in g["rules"] if r["health"] == "err"]
+        assert unhealthy == []
+        # 1. Within budget: nothing may even be pending, at any evaluation.
+        publisher.start()
+        end = time.monotonic() + WITHIN_BUDGET_SECONDS
+        while time.monotonic() < end:
+            assert slo_alerts(prom) == [], f"sent {publisher.sent}, {publisher.failing} failing"
+            time.sleep(0.5)
+        publisher.paused.set()
+        sent, failing = publisher.sent, publisher.failing
+        assert failing == sent // FAIL_EVERY
+        # Every execution scraped, and past the 5 s window: each failure then
+        # weighs as much as each other execution in the whole-window ratio.
+        executed = 'sum(celery_task_runtime_seconds_count{name="tests.flaky"})'
+        wait_for(lambda: prom.value(executed) == sent, 10, message="all executed and scraped")
+        time.sleep(7.0)  # the 5 s rate window and a scrape: a duration, not a condition
+        remaining = prom.value(f'{REMAINING}{{slo="flaky"}}')
+        expected = 1 - failing / sent / 0.01
+        # The sum of recorded 5 s rates is the traffic-weighted ratio up to the
+        # edges of the series: within a tenth of the budget.
+        assert remaining is not None and abs(remaining - expected) < 0.1, (remaining, expected)
+        assert slo_alerts(prom) == []
+        publisher.paused.clear()
+
+        # 2. Every call fails: the page fires.
+        publisher.burst.set()
+        burst_at = time.monotonic()
+
+        def paged() -> bool:
+            return any(
+                a["state"] == "firing" and a["labels"]["alertname"] == FAST
+                for a in slo_alerts(prom)
+            )
+
+        wait_for(paged, 30, interval=0.25, message=f"{FAST} fires")
+        fired_after = time.monotonic() - burst_at
+        (page,) = [a for a in slo_alerts(prom) if a["labels"]["alertname"] == FAST]
+        assert page["labels"] == {"alertname": FAST, "severity": "critical", "slo": "flaky",
+                                  "objective": "success"}  # fmt: skip
+        assert float(page["value"]) > 6  # the burn rate of the pair's long window
+        also = sorted({a["labels"]["alertname"] for a in slo_alerts(prom)} - {FAST})
+        print(f"within budget: {sent} sent, {failing} failing, budget left {remaining:.3f} "
+              f"(exactly {expected:.3f}); "
+              f"burst: {FAST} fired after {fired_after:.1f} s (value {float(page['value']):.1f}); "
+              f"also active: {also}")  # fmt: skip
+    finally:
+        publisher.stop() if publisher.is_alive() else None
+        prom.stop()
