@@ -410,9 +410,10 @@ def _alerts(config: MonitoringConfig, objective: _Objective,
             "expr": expr,
             "labels": {"severity": severity, **objective.labels},
             "annotations": {
-                "summary": f"SLO {slo.name} ({objective.kind}){where} burns its error budget "
-                f"{speed}: "
-                           "{{ $value | humanize }}x",
+                "summary": (
+                    f"SLO {slo.name} ({objective.kind}){where} burns its error budget "
+                    f"{speed}: {{{{ $value | humanize }}}}x"
+                ),
                 "description": (
                     f"Tasks {slo.task} must meet: {what}, over {slo.window}. Their bad "
                     f"executions spend the error budget ({budget} of them) "
