@@ -250,8 +250,10 @@ def metrics(markdown: bool) -> None:
     help="Send the token in this file as Authorization: Bearer.",
 )
 @click.option("--ca-file", type=click.Path(dir_okay=False), default=None, help="CA to verify TLS.")
-@click.option("--client-cert", type=click.Path(dir_okay=False), default=None)
-@click.option("--client-key", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--client-cert", type=click.Path(dir_okay=False), default=None, help="TLS client certificate."
+)
+@click.option("--client-key", type=click.Path(dir_okay=False), default=None, help="Its key (PEM).")
 @click.option("--insecure-skip-verify", is_flag=True, help="Do not verify Prometheus's TLS.")
 @click.option(
     "--max-poll-age",

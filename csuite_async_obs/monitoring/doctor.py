@@ -634,7 +634,7 @@ def _increase_check(
     limits: DoctorLimits,
     name: str,
     metric: str,
-    by: str,
+    label: str | None,
     what: str,
     fix: str,
 ) -> Check:
@@ -646,13 +646,13 @@ def _increase_check(
             f"no worker serves {metric}, so this cannot be told",
             "upgrade the workers' csuite-async-obs (and see the targets check)",
         )
-    rows = api.values(
-        f"sum by (job, instance{by}) (increase({_select(metric, sel)}[{limits.window}])) > 0"
-    )
+    by = "job, instance" + (f", {label}" if label else "")
+    window = limits.window
+    rows = api.values(f"sum by ({by}) (increase({_select(metric, sel)}[{window}])) > 0")
     if not rows:
         return Check(name, True, f"{metric} did not increase in {limits.window}")
     seen = "; ".join(
-        f"{_target(labels)}{' ' + labels[by[2:]] if by else ''}: {value:.0f}"
+        f"{_target(labels)}{' ' + labels.get(label, '') if label else ''}: {value:.0f}"
         for labels, value in sorted(rows, key=lambda r: _target(r[0]))
     )
     return Check(name, False, f"{what} in {limits.window}: {seen}", fix)
@@ -663,7 +663,7 @@ def check_label_overflow(
 ) -> Check:
     return _increase_check(
         api, config, limits, "label overflow", "csuite_async_obs_label_overflow_total",
-        ", label", "label values reported as 'other'",
+        "label", "label values reported as 'other'",
         "raise CSUITE_MAX_TASK_NAMES / CSUITE_MAX_QUEUE_NAMES / CSUITE_MAX_EXCEPTIONS for "
         "that label, or find what makes so many distinct names (dynamic queue or task names)",
     )  # fmt: skip
@@ -674,7 +674,7 @@ def check_instrumentation_errors(
 ) -> Check:
     return _increase_check(
         api, config, limits, "instrumentation errors",
-        "csuite_async_obs_instrumentation_errors_total", ", hook",
+        "csuite_async_obs_instrumentation_errors_total", "hook",
         "errors caught in the instrumentation",
         "the worker's log has each one (instrumentation_error, with the hook and traceback); "
         "report it with the Celery and kombu versions",
@@ -683,7 +683,7 @@ def check_instrumentation_errors(
 
 def check_clocks(api: PrometheusAPI, config: MonitoringConfig, limits: DoctorLimits) -> Check:
     return _increase_check(
-        api, config, limits, "clocks", "celery_task_queue_wait_clamped_total", "",
+        api, config, limits, "clocks", "celery_task_queue_wait_clamped_total", None,
         "queue waits clamped at 0 (a publisher's clock ahead of the worker's)",
         "synchronise the clocks of the publishers and these workers (NTP, chrony); until "
         "then their queue waits read too short",
