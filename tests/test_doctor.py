@@ -16,15 +16,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from celery import Celery
-from kombu import Connection
 
 from csuite_async_obs.monitoring import doctor
 from csuite_async_obs.monitoring.config import MonitoringConfig
@@ -34,7 +31,6 @@ from csuite_async_obs.monitoring.doctor import (
     PrometheusAPI,
     run_checks,
 )
-from csuite_async_obs.protocol import PUBLISHED_AT_HEADER
 from csuite_async_obs.servers.processes import free_port
 from csuite_async_obs.servers.prometheus_server import PrometheusServer
 from csuite_async_obs.servers.redis_server import RedisServer
@@ -55,6 +51,17 @@ CHECKS = [
 # Workers poll every second here, so 5 s is the short form of the 60 s default.
 MAX_POLL_AGE = 5.0
 LIMITS = DoctorLimits(max_poll_age=MAX_POLL_AGE)
+# Publishes tests.ok with a publish time 30 s ahead (CELERY_BROKER_URL would win over
+# Celery(broker=...): the connection is given).
+SKEWED_PUBLISHER = """
+import sys, time
+from celery import Celery
+from kombu import Connection
+with Connection(sys.argv[1]) as connection:
+    Celery().send_task(
+        "tests.ok", connection=connection, headers={"csuite_published_at": time.time() + 30}
+    )
+"""
 QUEUE_ALERTS = {
     "CeleryQueueNotDraining",
     "CeleryQueueBacklogGrowing",
@@ -82,8 +89,14 @@ def failing(result: Sequence[Check]) -> set[str]:
     return {c.name for c in result if not c.ok}
 
 
-def settle(prometheus: PrometheusServer, expected: set[str], timeout: float = 60.0) -> list[Check]:
-    """Wait until exactly the ``expected`` checks fail; the checks then."""
+def settle(
+    prometheus: PrometheusServer,
+    expected: set[str],
+    timeout: float = 60.0,
+    until: Callable[[dict[str, Check]], bool] = lambda checks: True,
+) -> list[Check]:
+    """Wait until exactly the ``expected`` checks fail (and ``until`` holds of the checks
+    by name, the first of each); the checks then."""
     last: list[list[Check]] = [[]]
 
     def reached() -> bool:
@@ -91,7 +104,8 @@ def settle(prometheus: PrometheusServer, expected: set[str], timeout: float = 60
         assert [c.name for c in last[0] if c.name != "alert series"] == [
             n for n in CHECKS if n != "alert series"
         ]
-        return failing(last[0]) == expected
+        first = {c.name: c for c in reversed(last[0])}
+        return failing(last[0]) == expected and until(first)
 
     try:
         wait_for(reached, timeout, message=f"failing checks {sorted(expected)}", interval=0.5)
@@ -219,14 +233,10 @@ def test_healthy_then_clock_skew_then_stale_poll(
         assert all(line.startswith("ok    ") for line in lines), lines
 
         # A publisher 30 s ahead of the worker: its message's wait is clamped at 0 and counted.
-        # A plain app (no instrumentation to stamp the header); the connection is given
-        # because CELERY_BROKER_URL, the session's Redis, wins over Celery(broker=...).
-        with Connection(f"{private_redis.url}/0") as connection:
-            Celery().send_task(
-                "tests.ok",
-                connection=connection,
-                headers={PUBLISHED_AT_HEADER: time.time() + 30},
-            )
+        # A publisher of its own, without csuite-async-obs: in this process an instrumented
+        # app's before_task_publish handler (Celery's signals are global) would restamp it.
+        subprocess.run([PYTHON, "-c", SKEWED_PUBLISHER, f"{private_redis.url}/0"], check=True,
+                       timeout=60)  # fmt: skip
         wait_for(
             lambda: worker.scrape().sum("celery_task_succeeded_total") == 1,
             30,
@@ -295,10 +305,18 @@ def test_broken_setups_are_named(redis_server: RedisServer, tmp_path: Path) -> N
             assert code == 1
 
         # A target on a dead port, and one up without our metrics (Prometheus's own).
-        port, dead = free_port(), free_port()
+        ports = {worker.port}
+        while len(ports) < 3:  # two free ports may come out equal
+            ports.add(free_port())
+        port, dead = sorted(ports - {worker.port})
         targets = [_address(worker), f"127.0.0.1:{dead}", f"127.0.0.1:{port}"]
         with PrometheusServer({"celery-workers": targets}, RULE_FILES, port=port) as prometheus:
-            result = settle(prometheus, {"targets"})
+            # Prometheus's first scrape of itself may come before it listens.
+            result = settle(
+                prometheus,
+                {"targets"},
+                until=lambda checks: checks["targets"].detail.startswith("2 of 3 failing: "),
+            )
             check = next(c for c in result if c.name == "targets")
             assert check.detail.startswith("2 of 3 failing: ")
             assert f"127.0.0.1:{dead} (job celery-workers): " in check.detail
