@@ -198,6 +198,7 @@ def test_zero_series_before_first_task(workers: Any) -> None:
             "revoked",
             "rejected",
             "queue_wait_unmeasured",
+            "queue_wait_clamped",
             "worker_lost",
             "sent",
         ):

@@ -3,7 +3,9 @@
 ``demo`` runs the project's main job in one command; ``exporter`` serves queue
 depth for a whole broker without a worker; ``options`` prints every
 instrumentation option with its variable and worker flag; ``monitoring``
-(:mod:`.monitoring`) writes the rules and dashboards for a monitoring config.  A bad setting ends
+(:mod:`.monitoring`) writes the rules and dashboards for a monitoring config;
+``doctor`` checks a live deployment through Prometheus (exit 1 when a check
+fails, 2 when Prometheus cannot be reached).  A bad setting ends
 the command with one line naming the variable and exit status 2.
 """
 
@@ -13,7 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -217,3 +219,145 @@ def metrics(markdown: bool) -> None:
 
 
 main.add_command(monitoring)
+
+
+@main.command()
+@click.option("--prometheus", "url", required=True, metavar="URL", help="Prometheus's base URL.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The monitoring config (YAML or TOML): selectors, group prefix.",
+)
+@click.option(
+    "--selector",
+    default=None,
+    metavar="MATCHERS",
+    help='Label matchers of the worker targets, e.g. job="celery" (overrides the config).',
+)
+@click.option(
+    "--exporter-selector",
+    default=None,
+    metavar="MATCHERS",
+    help="Label matchers of standalone queue-depth exporters (overrides the config).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON document.")
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 300))
+@click.option("--username", default=None, help="Basic auth user.")
+@click.option(
+    "--password", default=None, envvar="CSUITE_DOCTOR_PASSWORD", help="Basic auth password."
+)
+@click.option(
+    "--bearer-token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Send the token in this file as Authorization: Bearer.",
+)
+@click.option("--ca-file", type=click.Path(dir_okay=False), default=None, help="CA to verify TLS.")
+@click.option(
+    "--client-cert", type=click.Path(dir_okay=False), default=None, help="TLS client certificate."
+)
+@click.option("--client-key", type=click.Path(dir_okay=False), default=None, help="Its key (PEM).")
+@click.option("--insecure-skip-verify", is_flag=True, help="Do not verify Prometheus's TLS.")
+@click.option(
+    "--max-poll-age",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds since a poller's last successful queue-depth poll before it is stale.",
+)
+@click.option(
+    "--window",
+    default="1h",
+    show_default=True,
+    help="Range over which the error, overflow and clamp counters must not increase.",
+)
+@click.option("--max-series", default=10000, show_default=True, type=click.IntRange(min=1))
+def doctor(
+    url: str,
+    config_file: str | None,
+    selector: str | None,
+    exporter_selector: str | None,
+    as_json: bool,
+    timeout: float,
+    username: str | None,
+    password: str | None,
+    bearer_token_file: str | None,
+    ca_file: str | None,
+    client_cert: str | None,
+    client_key: str | None,
+    insecure_skip_verify: bool,
+    max_poll_age: float,
+    window: str,
+    max_series: int,
+) -> None:
+    """Check a live deployment through Prometheus: one line per check, a fix for each failure.
+
+    Exit status 0 when every check passes, 1 when one fails, 2 when Prometheus cannot be
+    reached or the config is bad.
+    """
+    import json
+    import re
+    from dataclasses import replace
+
+    from ..monitoring.config import MonitoringConfig, MonitoringConfigError, load_config
+    from ..monitoring.doctor import (
+        Connection,
+        DoctorLimits,
+        PrometheusAPI,
+        PrometheusUnreachable,
+        run_checks,
+    )
+
+    def fail(message: str) -> NoReturn:
+        click.echo(f"csuite-async-obs doctor: {message}", err=True)
+        sys.exit(2)
+
+    if not re.match(r"^([0-9]+(ms|s|m|h|d|w|y))+$", window):
+        fail(f"--window {window!r}: expected a Prometheus duration such as 1h")
+    try:
+        config = load_config(config_file)
+        overrides = {"worker": selector, "exporter": exporter_selector}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        # Parsed as the config file's selectors are: the same checks, the same message.
+        parsed = MonitoringConfig.from_mapping({"selectors": given}).selectors
+    except MonitoringConfigError as exc:
+        fail(str(exc))
+    config = replace(
+        config, selectors=replace(config.selectors, **{k: getattr(parsed, k) for k in given})
+    )
+    token = None
+    if bearer_token_file:
+        try:
+            with open(bearer_token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            fail(f"--bearer-token-file: {exc}")
+    connection = Connection(
+        url=url,
+        timeout=timeout,
+        username=username,
+        password=password,
+        bearer_token=token,
+        ca_file=ca_file,
+        insecure=insecure_skip_verify,
+        client_cert=client_cert,
+        client_key=client_key,
+    )
+    try:
+        api = PrometheusAPI(connection)
+        checks = run_checks(
+            api,
+            config,
+            DoctorLimits(max_poll_age=max_poll_age, window=window, max_series=max_series),
+        )
+    except (PrometheusUnreachable, OSError) as exc:  # OSError: a CA or client cert file
+        fail(f"cannot query Prometheus: {exc}")
+    ok = all(check.ok for check in checks)
+    if as_json:
+        click.echo(json.dumps({"ok": ok, "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        for check in checks:
+            click.echo(check.line())
+    sys.exit(0 if ok else 1)

@@ -120,8 +120,13 @@ class InstrumentedRequestMixin(Request):
             headers = self.request_dict
             ready_at = headers.get(DUE_AT_HEADER) or headers.get(PUBLISHED_AT_HEADER)
             if isinstance(ready_at, (int, float)) and self.time_start:
-                # Clock skew between publisher and worker can make this negative.
-                series.observe_wait(max(0.0, self.time_start - ready_at))
+                wait = self.time_start - ready_at
+                if wait < 0:
+                    # The publisher's clock is ahead of this worker's: recorded as 0,
+                    # and counted so that the skew is seen (doctor's clock check).
+                    series.inc_wait_clamped()
+                    wait = 0.0
+                series.observe_wait(wait)
             else:
                 series.inc_wait_unmeasured()
             if hooks.task_log:

@@ -137,6 +137,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "yes",
     ),
     MetricSpec(
+        "celery_task_queue_wait_clamped_total",
+        "counter",
+        TASK,
+        "Tasks whose queue wait came out negative and was recorded as 0: the publisher's "
+        "clock is ahead of the worker's (check NTP on both); their waits read too short.",
+        "yes",
+    ),
+    MetricSpec(
         "celery_task_time_limit_exceeded_total",
         "counter",
         (*TASK, "kind"),

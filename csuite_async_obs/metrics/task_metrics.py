@@ -110,6 +110,7 @@ class TaskMetrics:
             "celery_task_queue_wait_seconds", self.settings.queue_wait_buckets
         )
         self.queue_wait_unmeasured = counter("celery_task_queue_wait_unmeasured_total")
+        self.queue_wait_clamped = counter("celery_task_queue_wait_clamped_total")
         self.time_limit = counter("celery_task_time_limit_exceeded_total")
         self.worker_lost = counter("celery_task_worker_lost_total")
         self.errors = counter("csuite_async_obs_instrumentation_errors_total")
@@ -180,12 +181,14 @@ class TaskSeries:
         "inc_redelivered",
         "inc_started",
         "inc_succeeded",
+        "inc_wait_clamped",
         "inc_wait_unmeasured",
         "name",
         "observe_runtime",
         "observe_wait",
         "queue",
         "queue_wait",
+        "queue_wait_clamped",
         "queue_wait_unmeasured",
         "received",
         "redelivered",
@@ -218,6 +221,7 @@ class TaskSeries:
         }
         self.queue_wait = metrics.queue_wait.labels(name, queue, *const)
         self.queue_wait_unmeasured = metrics.queue_wait_unmeasured.labels(name, queue, *const)
+        self.queue_wait_clamped = metrics.queue_wait_clamped.labels(name, queue, *const)
         self.time_limit = {
             kind: metrics.time_limit.labels(name, queue, kind, *const) for kind in TIME_LIMIT_KINDS
         }
@@ -228,6 +232,7 @@ class TaskSeries:
         self.inc_started = counter_incrementer(self.started)
         self.inc_succeeded = counter_incrementer(self.succeeded)
         self.inc_wait_unmeasured = counter_incrementer(self.queue_wait_unmeasured)
+        self.inc_wait_clamped = counter_incrementer(self.queue_wait_clamped)
         self.observe_wait = histogram_observer(self.queue_wait)
         self.observe_runtime = {
             state: histogram_observer(child) for state, child in self.runtime.items()

@@ -323,14 +323,19 @@ def _overview_latency(d: dash.Dashboard, b: Board) -> dash.Dashboard:
                 "Queue wait not measured",
                 "Tasks started without the publish timestamp header "
                 "(published by a process without csuite-async-obs): their wait is not in the "
-                "histogram.",
+                "histogram; and tasks whose wait came out negative (the publisher's clock "
+                "ahead of the worker's), recorded as 0.",
                 [
                     query(
                         s.rate(
                             "celery_task_queue_wait_unmeasured_total", s.task, "queue_name, name"
                         ),
                         "{{name}} ({{queue_name}})",
-                    )
+                    ),
+                    query(
+                        s.rate("celery_task_queue_wait_clamped_total", s.task, "queue_name, name"),
+                        "{{name}} ({{queue_name}}) clamped at 0: clock skew",
+                    ),
                 ],
                 unit="ops",
             ),

@@ -1,0 +1,389 @@
+"""``csuite-async-obs doctor`` against a real Prometheus scraping real workers.
+
+Prometheus (Debian's binary, scraping and evaluating every second) loads the
+shipped rule files.  A healthy setup passes every check and exits 0; then each
+broken setup fails exactly the checks meant for it, names what is broken and
+exits 1: a publisher whose clock is ahead of the worker's, the broker stopped
+(stale poll), Prometheus without the rule files, a target on a dead port and one
+that is up without our metrics, a worker without queue depth (the queue alerts'
+series absent), and the age series dropped by the scrape (one alert blind, the
+alert that looks for that absence not).  Unreachable Prometheus and a bad selector
+exit 2 with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from csuite_async_obs.monitoring import doctor
+from csuite_async_obs.monitoring.config import MonitoringConfig
+from csuite_async_obs.monitoring.doctor import (
+    Check,
+    DoctorLimits,
+    PrometheusAPI,
+    run_checks,
+)
+from csuite_async_obs.servers.processes import free_port
+from csuite_async_obs.servers.prometheus_server import PrometheusServer
+from csuite_async_obs.servers.redis_server import RedisServer
+
+from .support import PYTHON, ROOT, Worker, base_env, wait_for
+
+RULE_FILES = (ROOT / "alerts" / "recording.rules.yml", ROOT / "alerts" / "alerts.rules.yml")
+CHECKS = [
+    "targets",
+    "queue-depth poll",
+    "rules",
+    "alert series",
+    "label overflow",
+    "instrumentation errors",
+    "clocks",
+    "series per worker",
+]
+# Workers poll every second here, so 5 s is the short form of the 60 s default.
+MAX_POLL_AGE = 5.0
+LIMITS = DoctorLimits(max_poll_age=MAX_POLL_AGE)
+# Publishes tests.ok with a publish time 30 s ahead (CELERY_BROKER_URL would win over
+# Celery(broker=...): the connection is given).
+SKEWED_PUBLISHER = """
+import sys, time
+from celery import Celery
+from kombu import Connection
+with Connection(sys.argv[1]) as connection:
+    Celery().send_task(
+        "tests.ok", connection=connection, headers={"csuite_published_at": time.time() + 30}
+    )
+"""
+QUEUE_ALERTS = {
+    "CeleryQueueNotDraining",
+    "CeleryQueueBacklogGrowing",
+    "CeleryQueueOldestMessageTooOld",
+    "CeleryQueueOldestMessageAgeUnknown",
+    "CeleryQueueDepthPollingFailing",
+}
+
+
+def _rules() -> tuple[int, set[str]]:
+    """(number of rules, alert names) of the shipped files."""
+    count, alerts = 0, set()
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            count += len(group["rules"])
+            alerts |= {r["alert"] for r in group["rules"] if "alert" in r}
+    return count, alerts
+
+
+def checks(prometheus: PrometheusServer) -> list[Check]:
+    return run_checks(PrometheusAPI(doctor.Connection(prometheus.url)), MonitoringConfig(), LIMITS)
+
+
+def failing(result: Sequence[Check]) -> set[str]:
+    return {c.name for c in result if not c.ok}
+
+
+def settle(
+    prometheus: PrometheusServer,
+    expected: set[str],
+    timeout: float = 60.0,
+    until: Callable[[dict[str, Check]], bool] = lambda checks: True,
+) -> list[Check]:
+    """Wait until exactly the ``expected`` checks fail (and ``until`` holds of the checks
+    by name, the first of each); the checks then."""
+    last: list[list[Check]] = [[]]
+
+    def reached() -> bool:
+        last[0] = checks(prometheus)
+        assert [c.name for c in last[0] if c.name != "alert series"] == [
+            n for n in CHECKS if n != "alert series"
+        ]
+        first = {c.name: c for c in reversed(last[0])}
+        return failing(last[0]) == expected and until(first)
+
+    try:
+        wait_for(reached, timeout, message=f"failing checks {sorted(expected)}", interval=0.5)
+    except TimeoutError as exc:
+        lines = "\n".join(c.line() for c in last[0])
+        raise AssertionError(f"{exc}\n{lines}\n--- prometheus ---\n{prometheus.log()}") from None
+    return last[0]
+
+
+def doctor_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [PYTHON, "-m", "csuite_async_obs.cli", "doctor", "--prometheus", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def doctor_json(url: str, failed: Sequence[str]) -> tuple[int, dict[str, Any]]:
+    """The command's exit status and report once exactly ``failed`` fail, in that order.
+
+    Retried with a deadline: on two shared cores a 1 s scrape can time out once, which
+    fails the targets check for a second.
+    """
+    last: list[Any] = [None]
+
+    def reached() -> bool:
+        done = doctor_cli(url, "--json", "--max-poll-age", str(MAX_POLL_AGE))
+        assert done.stderr == ""
+        last[0] = (done.returncode, json.loads(done.stdout))
+        return [c["name"] for c in last[0][1]["checks"] if not c["ok"]] == list(failed)
+
+    try:
+        wait_for(reached, 30, message=f"doctor failing {failed}", interval=0.5)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {last[0]}") from None
+    return tuple(last[0])  # type: ignore[return-value]
+
+
+def doctor_text(url: str, failed: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """The command's text run once exactly ``failed`` fail (see :func:`doctor_json`)."""
+    last: list[Any] = [None]
+
+    def reached() -> bool:
+        last[0] = doctor_cli(url, "--max-poll-age", str(MAX_POLL_AGE))
+        lines = last[0].stdout.splitlines()
+        return [line.split(":")[0][6:] for line in lines if line.startswith("FAIL")] == list(failed)
+
+    try:
+        wait_for(reached, 30, message=f"doctor failing {failed}", interval=0.5)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {last[0]}") from None
+    return last[0]  # type: ignore[no-any-return]
+
+
+def _env(broker: str, **extra: str) -> dict[str, str]:
+    return base_env(
+        f"{broker}/0",
+        f"{broker}/1",
+        CSUITE_QUEUE_POLL_INTERVAL="1",
+        CSUITE_QUEUE_POLL_TIMEOUT="1",
+        **extra,
+    )
+
+
+@pytest.fixture()
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def _address(worker: Worker) -> str:
+    return f"127.0.0.1:{worker.port}"
+
+
+class DroppingPrometheus(PrometheusServer):
+    """A Prometheus whose scrape drops some metrics, as a broker that lacks them would."""
+
+    def __init__(self, drop: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drop = drop
+
+    def config(self, rule_paths: Sequence[Path]) -> dict[str, Any]:
+        config = super().config(rule_paths)
+        for scrape in config["scrape_configs"]:
+            scrape["metric_relabel_configs"] = [
+                {"source_labels": ["__name__"], "regex": self.drop, "action": "drop"}
+            ]
+        return config
+
+
+def test_healthy_then_clock_skew_then_stale_poll(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    worker = Worker(_env(private_redis.url), tmp_path, pool="solo")
+    prometheus = PrometheusServer({"celery-workers": [_address(worker)]}, RULE_FILES)
+    try:
+        worker.start()
+        prometheus.start()
+
+        # Healthy: every check passes, in process and through the command.
+        result = settle(prometheus, set())
+        by_name = {c.name: c for c in result}
+        rules, alerts = _rules()
+        assert by_name["targets"].detail == "1 worker target(s) up and serving our metrics"
+        assert by_name["rules"].detail == f"2 group(s), {rules} rules, healthy and evaluating"
+        assert by_name["alert series"].detail == (
+            f"all {len(alerts)} alerts have the series they read"
+        )
+        ours = [s for s in worker.scrape() if s.name.startswith(("celery_", "csuite_"))]
+        assert by_name["series per worker"].detail == (
+            f"{_address(worker)} (job celery-workers) {len(ours)} (bound 10000)"
+        )
+        code, report = doctor_json(prometheus.url, [])
+        assert code == 0, report
+        assert report["ok"] is True
+        assert [c["name"] for c in report["checks"]] == CHECKS
+        text = doctor_text(prometheus.url, [])
+        assert text.returncode == 0
+        lines = text.stdout.splitlines()
+        assert len(lines) == len(CHECKS)
+        assert all(line.startswith("ok    ") for line in lines), lines
+
+        # A publisher 30 s ahead of the worker: its message's wait is clamped at 0 and counted.
+        # A publisher of its own, without csuite-async-obs: in this process an instrumented
+        # app's before_task_publish handler (Celery's signals are global) would restamp it.
+        subprocess.run([PYTHON, "-c", SKEWED_PUBLISHER, f"{private_redis.url}/0"], check=True,
+                       timeout=60)  # fmt: skip
+        wait_for(
+            lambda: worker.scrape().sum("celery_task_succeeded_total") == 1,
+            30,
+            message="the skewed task done",
+        )
+        scraped = worker.scrape()
+        assert (
+            scraped.value(
+                "celery_task_queue_wait_clamped_total", name="tests.ok", queue_name="celery"
+            )
+            == 1
+        )
+        assert scraped.sum("celery_task_queue_wait_clamped_total") == 1
+        # Recorded as a wait of 0: in the first bucket.
+        assert (
+            scraped.value(
+                "celery_task_queue_wait_seconds_sum", name="tests.ok", queue_name="celery"
+            )
+            == 0
+        )
+        assert (
+            scraped.value(
+                "celery_task_queue_wait_seconds_count", name="tests.ok", queue_name="celery"
+            )
+            == 1
+        )
+        result = settle(prometheus, {"clocks"})
+        clocks = next(c for c in result if c.name == "clocks")
+        assert clocks.detail == (
+            "queue waits clamped at 0 (a publisher's clock ahead of the worker's) in 1h: "
+            f"{_address(worker)} (job celery-workers): 1"
+        )
+        assert "NTP" in clocks.fix
+        code, report = doctor_json(prometheus.url, ["clocks"])
+        assert code == 1 and report["ok"] is False
+
+        # The broker stopped: the poll goes stale, the rest is unchanged.
+        private_redis.stop()
+        result = settle(prometheus, {"clocks", "queue-depth poll"}, timeout=60)
+        poll = next(c for c in result if c.name == "queue-depth poll")
+        assert poll.detail.startswith(
+            f"1 of 1 stale (bound 5s): {_address(worker)} (job celery-workers) last success "
+        )
+        assert "broker" in poll.fix
+        text = doctor_text(prometheus.url, ["queue-depth poll", "clocks"])
+        assert text.returncode == 1
+    finally:
+        worker.stop()
+        prometheus.stop()
+
+
+def test_broken_setups_are_named(redis_server: RedisServer, tmp_path: Path) -> None:
+    worker = Worker(_env(redis_server.url), tmp_path, pool="solo")
+    try:
+        worker.start()
+
+        # Prometheus without the rule files.
+        with PrometheusServer({"celery-workers": [_address(worker)]}) as prometheus:
+            result = settle(prometheus, {"rules", "alert series"})
+            rules = next(c for c in result if c.name == "rules")
+            assert rules.detail == (
+                "rule group(s) csuite-async-obs.recording, csuite-async-obs.alerts not loaded"
+            )
+            assert "rule_files" in rules.fix
+            code, _ = doctor_json(prometheus.url, ["rules", "alert series"])
+            assert code == 1
+
+        # A target on a dead port, and one up without our metrics (Prometheus's own).
+        ports = {worker.port}
+        while len(ports) < 3:  # two free ports may come out equal
+            ports.add(free_port())
+        port, dead = sorted(ports - {worker.port})
+        targets = [_address(worker), f"127.0.0.1:{dead}", f"127.0.0.1:{port}"]
+        with PrometheusServer({"celery-workers": targets}, RULE_FILES, port=port) as prometheus:
+            # Prometheus's first scrape of itself may come before it listens.
+            result = settle(
+                prometheus,
+                {"targets"},
+                until=lambda checks: checks["targets"].detail.startswith("2 of 3 failing: "),
+            )
+            check = next(c for c in result if c.name == "targets")
+            assert check.detail.startswith("2 of 3 failing: ")
+            assert f"127.0.0.1:{dead} (job celery-workers): " in check.detail
+            assert "connection refused" in check.detail
+            assert (
+                f"127.0.0.1:{port} (job celery-workers) up without celery_worker_up, "
+                "csuite_async_obs_instrumentation_errors_total"
+            ) in check.detail
+            assert "start the worker" in check.fix and "instrument" in check.fix
+            code, _ = doctor_json(prometheus.url, ["targets"])
+            assert code == 1
+
+        # The scrape drops the oldest message's age, as RabbitMQ without its management
+        # API lacks it: the alert on it can never fire; the alert that looks for its
+        # absence (an `unless`) can, and is not reported.
+        with DroppingPrometheus(
+            "celery_queue_oldest_message_age_seconds",
+            {"celery-workers": [_address(worker)]},
+            RULE_FILES,
+        ) as prometheus:
+            result = settle(prometheus, {"alert series"})
+            blind = [c for c in result if c.name == "alert series"]
+            assert [c.detail for c in blind] == [
+                "CeleryQueueOldestMessageTooOld can never fire: no series of "
+                "celery_queue_oldest_message_age_seconds"
+            ]
+            assert "RabbitMQ management API" in blind[0].fix
+            assert "enabled: false" in blind[0].fix
+            code, _ = doctor_json(prometheus.url, ["alert series"])
+            assert code == 1
+    finally:
+        worker.stop()
+
+
+def test_alerts_without_their_series(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A worker without queue depth and no exporter: every queue alert is blind."""
+    worker = Worker(_env(redis_server.url, CSUITE_QUEUE_DEPTH="false"), tmp_path, pool="solo")
+    try:
+        worker.start()
+        with PrometheusServer({"celery-workers": [_address(worker)]}, RULE_FILES) as prometheus:
+            result = settle(prometheus, {"queue-depth poll", "alert series"})
+            blind = {c.detail.split()[0]: c.detail for c in result if c.name == "alert series"}
+            assert set(blind) == QUEUE_ALERTS
+            assert blind["CeleryQueueDepthPollingFailing"].endswith(
+                "no series of celery_queue_length_last_success_timestamp_seconds, "
+                "celery_queue_length_poll_errors_total"
+            )
+            poll = next(c for c in result if c.name == "queue-depth poll")
+            assert poll.detail.startswith("no process reports queue depth")
+            failed = ["queue-depth poll", *["alert series"] * len(QUEUE_ALERTS)]
+            code, _ = doctor_json(prometheus.url, failed)
+            assert code == 1
+    finally:
+        worker.stop()
+
+
+def test_unreachable_prometheus_and_bad_selector_exit_2() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    done = doctor_cli(dead)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"csuite-async-obs doctor: cannot query Prometheus: {dead}: [Errno 111] Connection refused"
+    ]
+    done = doctor_cli(dead, "--selector", "job=celery")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "csuite-async-obs doctor: monitoring config: selectors.worker = 'job=celery': "
+        'expected PromQL label matchers such as job="celery" or job=~"celery-.*"'
+    ]
