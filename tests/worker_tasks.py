@@ -154,3 +154,12 @@ def mark(self: Any, folder: str, seconds: float = 0.0) -> str:
         pass
     time.sleep(seconds)
     return token
+
+
+@async_task(name="tests.hold", acks_late=True)
+def hold(seconds: float) -> float:
+    """Sleeps with its message unacknowledged (``acks_late``): a prefork worker whose
+    every process holds one prefetches nothing more (its prefetch count is reached), so
+    n of them published at once fill n pool slots across the workers."""
+    time.sleep(seconds)
+    return seconds
