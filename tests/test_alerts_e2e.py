@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,9 @@ from kombu import Connection, Producer
 
 from csuite_async_obs.config.celery_settings import CelerySettings
 from csuite_async_obs.instrumentation.instrument import instrumentation_for
+from csuite_async_obs.monitoring.config import AlertTuning, MonitoringConfig, Selectors
+from csuite_async_obs.monitoring.export import write_rules
+from csuite_async_obs.monitoring.rules import ALERTS
 from csuite_async_obs.protocol import PUBLISHED_AT_HEADER
 from csuite_async_obs.servers.processes import free_port, stop_process
 from csuite_async_obs.servers.prometheus_server import PrometheusServer
@@ -96,28 +99,44 @@ SCRAPE = 1.0
 CLEAN_SECONDS = 60.0  # the clean workload; no incident may need longer to fire
 SOAK_SECONDS = 30 * 60.0  # the same workload, opt-in (marker slow)
 INCIDENT_DEADLINE = CLEAN_SECONDS
-# The copy of the rules: windows shortened, every `for` 3s, the 60-second
-# staleness of queue readings 5 seconds (workers poll every second here).
+# The rules are generated from a monitoring config that is not the default: job
+# selectors, a cluster label on every target, and every window, `for` and
+# duration-like threshold shortened -- the incidents then prove a non-default config
+# works on real workers labelled that way.  Windows scale by SHORT_WINDOWS, every
+# `for` is 3s, and three thresholds that are durations are cut: the queue readings'
+# staleness (and the poll-failing threshold, the same setting) 60 s -> 5 s (workers
+# poll every second here), the oldest message's age 300 s -> 15 s, the queue wait
+# 60 s -> 5 s; saturation is averaged over 5 s (enough to tell a full pool from a
+# busy one, with tasks of 13 s).
 SHORT_WINDOWS = {"5m": "15s", "10m": "30s", "1h": "60s", "1d": "10m"}
 SHORT_FOR = "3s"
-STALENESS = {
-    "time() - celery_queue_length_last_success_timestamp_seconds < 60":
-        "time() - celery_queue_length_last_success_timestamp_seconds < 5",
-    "time() - celery_queue_length_last_success_timestamp_seconds > 60":
-        "time() - celery_queue_length_last_success_timestamp_seconds > 5",
-}  # fmt: skip
-# Three thresholds are durations, which would make their incidents last minutes:
-# the oldest message's age, the queue wait, and the window saturation is
-# averaged over (10m would become the 30s of the windows above: 5s is enough
-# to tell a full pool from a busy one, with tasks of 13 s).
-DURATIONS = {
-    "queue:celery_queue_oldest_message_age_seconds:max > 300":
-        "queue:celery_queue_oldest_message_age_seconds:max > 15",
-    "job_queue:celery_task_queue_wait_seconds:p95_5m > 60":
-        "job_queue:celery_task_queue_wait_seconds:p95_5m > 5",
-    "avg_over_time(job:celery_worker_saturation:ratio[10m]) > 0.9":
-        "avg_over_time(job:celery_worker_saturation:ratio[5s]) > 0.9",
-}  # fmt: skip
+CLUSTER = "e2e"
+SHORT_TUNING = {
+    "CeleryQueueDepthPollingFailing": {"threshold": 5.0},
+    "CeleryQueueOldestMessageTooOld": {"threshold": 15.0},
+    "CeleryQueueWaitHigh": {"threshold": 5.0},
+    "CeleryWorkerSaturated": {"window": "5s"},
+}
+
+
+def e2e_config() -> MonitoringConfig:
+    """The test's monitoring config (see above)."""
+    alerts = {}
+    for name, defaults in ALERTS.items():
+        tuning = AlertTuning(
+            for_=SHORT_FOR if defaults.for_ else None,
+            window=SHORT_WINDOWS[defaults.window] if defaults.window else None,
+        )
+        alerts[name] = replace(tuning, **SHORT_TUNING.get(name, {}))  # type: ignore[arg-type]
+    return MonitoringConfig(
+        selectors=Selectors(
+            worker=f'job=~"{JOB}|{RABBIT_JOB}|{SMALL_CAP_JOB}"', exporter=f'job="{EXPORTER_JOB}"'
+        ),
+        cluster_label="cluster",
+        alerts=alerts,
+    )
+
+
 # What Grafana would put in for a 1 s scrape interval: $__rate_interval is
 # max(4 x scrape interval, $__interval + scrape interval).
 RATE_INTERVAL = "4s"
@@ -125,36 +144,19 @@ STEP = 2.0
 
 
 def short_rules(folder: Path) -> list[Path]:
-    """A copy of the rule files with the short durations, windows, `for` and staleness above."""
-    copies = []
-    replaced = dict.fromkeys({**DURATIONS, **STALENESS}, 0)
-    for source in RULE_FILES:
-        document = yaml.safe_load(source.read_text())
-        for group in document["groups"]:
+    """The rule files of :func:`e2e_config`, written into ``folder``; checked to hold no
+    window longer than the short ones (a window the config cannot set would show here)."""
+    paths = write_rules(e2e_config(), folder)
+    allowed = set(SHORT_WINDOWS.values()) | {"5s"}
+    for path in paths:
+        for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
-                expr = rule["expr"]
-                windows = set(re.findall(r"\[(\w+)\]", expr))
-                assert windows <= set(SHORT_WINDOWS), (
-                    f"no short form for {windows - set(SHORT_WINDOWS)}"
-                )
-                # The durations first: one of them holds a window of its own.
-                for long, short in DURATIONS.items():
-                    replaced[long] += expr.count(long)
-                    expr = expr.replace(long, short)
-                for long, short in SHORT_WINDOWS.items():
-                    expr = expr.replace(f"[{long}]", f"[{short}]")
-                for long, short in STALENESS.items():
-                    replaced[long] += expr.count(long)
-                    expr = expr.replace(long, short)
-                rule["expr"] = expr
+                windows = set(re.findall(r"\[(\w+)\]", rule["expr"]))
+                assert windows <= allowed, (rule.get("alert") or rule.get("record"), windows)
                 if "for" in rule:
-                    rule["for"] = SHORT_FOR
-        copy = folder / source.name
-        copy.write_text(yaml.safe_dump(document, sort_keys=False))
-        copies.append(copy)
-    # "< 60": the two queue recording rules and CeleryQueueOldestMessageAgeUnknown.
-    assert replaced == {k: (3 if "<" in k else 1) for k in {**DURATIONS, **STALENESS}}, replaced
-    return copies
+                    assert rule["for"] == SHORT_FOR, rule
+                assert CLUSTER not in rule["expr"]  # the label is kept, never hard-coded
+    return paths
 
 
 # --------------------------------------------------------------------------- workload
@@ -271,6 +273,8 @@ def wait_until_fired(prom: PrometheusServer, expected: list[Expectation], *,
         now = time.monotonic()
         for alert in prom.firing():
             assert not forbidden(alert), f"an alert that must not fire fired: {alert['labels']}"
+            # The config's cluster label is kept through every aggregation.
+            assert alert["labels"].get("cluster") == CLUSTER, alert["labels"]
             hit = False
             for e in expected:
                 if e.fired_after is None and matches(alert, e.alert, e.labels):
@@ -383,9 +387,9 @@ def check_dashboards(prom: PrometheusServer, start: float, end: float) -> int:
 
 
 def check_rules_evaluate(prom: PrometheusServer) -> int:
-    """Every expression of the real rule files evaluates; every loaded rule is healthy."""
+    """Every expression of the loaded rule files evaluates; every loaded rule is healthy."""
     count = 0
-    for source in RULE_FILES:
+    for source in prom.rule_files:
         for group in yaml.safe_load(source.read_text())["groups"]:
             for rule in group["rules"]:
                 prom.query(rule["expr"])  # raises PrometheusError on an error
@@ -557,8 +561,9 @@ def deployment(
         SMALL_CAP_JOB: [f"127.0.0.1:{small_cap.port}"],
         EXPORTER_JOB: [f"127.0.0.1:{exporter_port}"],
     }
-    prom = PrometheusServer(jobs, short_rules(tmp_path), scrape_interval=SCRAPE,
-                            evaluation_interval=SCRAPE)  # fmt: skip
+    prom = PrometheusServer(jobs, short_rules(tmp_path / "rules"), scrape_interval=SCRAPE,
+                            evaluation_interval=SCRAPE,
+                            labels={job: {"cluster": CLUSTER} for job in jobs})  # fmt: skip
     app = create_celery_app(
         CelerySettings(broker_url=f"{broker.url}/0", result_backend=f"{broker.url}/1")
     )
