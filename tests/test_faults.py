@@ -749,11 +749,16 @@ def test_rabbitmq_restarted_under_load(
         # Every delivery counted once, as received or as redelivered: the broker's flag.
         assert received + redelivered == len(deliveries), report
         assert redelivered == broker_redelivered, report
-        assert redelivered >= prefetched_before > 0, report  # the outage did redeliver
         assert started == len(executions) == succeeded, report
-        if not kill:
+        if kill:
+            # A crash flags every recovered message: some were in flight at the kill.
+            assert redelivered >= prefetched_before > 0, report
+        else:
             # A clean restart: each message received once, run once, and the
             # received - started - prefetched balance is back to 0.
+            # (Whether any message was still unacknowledged when the connections
+            # closed depends on how fast the pool drained its prefetch meanwhile:
+            # what was is in redelivered, equal to RabbitMQ's count above.)
             assert max(runs.values()) == 1, report
             assert received == n_tasks == len(set(deliveries)), report
             assert received - started - s.value("celery_worker_prefetched_tasks") == 0, report

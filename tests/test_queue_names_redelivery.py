@@ -269,22 +269,25 @@ def test_redelivery_after_rabbitmq_restart(
 def test_redelivery_after_redis_warm_shutdown(workers: Any, redis_client: redis.Redis) -> None:
     from . import worker_tasks as t
 
-    first_worker = workers(pool="prefork", concurrency=1)
-    t.sleep.delay(3.0)
-    ids = [t.ok.delay(i).id for i in range(3)]
+    # A queue of its own: nothing but these four messages can reach the worker's
+    # four prefetch slots (a stray message on "celery" would take one).
+    q = "redelivery.redis"
+    first_worker = workers(pool="prefork", concurrency=1, args=("-Q", q))
+    t.sleep.apply_async(args=(3.0,), queue=q)
+    ids = [t.ok.apply_async(args=(i,), queue=q).id for i in range(3)]
     s1 = _holding(first_worker)
-    assert _val(s1, "celery_task_received_total", name="tests.ok", queue_name="celery") == 3
+    assert _val(s1, "celery_task_received_total", name="tests.ok", queue_name=q) == 3
     assert _balance(s1) == 0
     # Warm shutdown: the blocker finishes; kombu restores the three prefetched
     # messages to the queue, marked redelivered.
     first_worker.stop()
-    restored = [json.loads(raw) for raw in redis_client.lrange("celery", 0, -1)]
+    restored = [json.loads(raw) for raw in redis_client.lrange(q, 0, -1)]
     assert sorted(m["headers"]["id"] for m in restored) == sorted(ids)
     assert all(m["properties"]["delivery_info"]["redelivered"] for m in restored)
     first_log = first_worker.log()
 
-    second_worker = workers(pool="prefork", concurrency=1)
-    labels = {"name": "tests.ok", "queue_name": "celery"}
+    second_worker = workers(pool="prefork", concurrency=1, args=("-Q", q))
+    labels = {"name": "tests.ok", "queue_name": q}
 
     def done() -> Any:
         s = second_worker.scrape()
@@ -303,4 +306,4 @@ def test_redelivery_after_redis_warm_shutdown(workers: Any, redis_client: redis.
     # Over the fleet: 4 first deliveries (W1), 4 starts (1 on W1, 3 on W2).
     assert _balance(s2) == -3
     assert s2.sum("csuite_async_obs_instrumentation_errors_total") == 0
-    assert redis_client.llen("celery") == 0
+    assert redis_client.llen(q) == 0
