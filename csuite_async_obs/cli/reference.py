@@ -29,8 +29,8 @@ def options_table() -> str:
 
 def metrics_table() -> str:
     rows = [
-        "| metric | type | labels | meaning | series at 0 from start | brokers |",
-        "|---|---|---|---|---|---|",
+        "| metric | type | labels | meaning | series at 0 from start | served by | brokers |",
+        "|---|---|---|---|---|---|---|",
     ]
     for spec in METRICS:
         labels = ", ".join(f"`{label}`" for label in spec.labels) or "(none)"
@@ -38,6 +38,7 @@ def metrics_table() -> str:
         zero = spec.zero_initialised.replace("|", "\\|")
         brokers = (spec.brokers or "all").replace("|", "\\|")
         rows.append(
-            f"| `{spec.name}` | {spec.type} | {labels} | {help_text} | {zero} | {brokers} |"
+            f"| `{spec.name}` | {spec.type} | {labels} | {help_text} | {zero} | {spec.process} "
+            f"| {brokers} |"
         )
     return "\n".join(rows)

@@ -43,9 +43,13 @@ class MetricSpec:
     zero_initialised: str = ""
     #: Which brokers give it, where not every one does (the README's table says so).
     brokers: str = ""
+    #: The process that serves it: a worker (and the standalone exporter for the
+    #: queue metrics), or celery beat.
+    process: str = "worker"
 
 
 TASK = ("name", "queue_name")
+ENTRY = ("entry", "task")
 
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
@@ -159,6 +163,21 @@ METRICS: tuple[MetricSpec, ...] = (
         "yes",
     ),
     MetricSpec(
+        "celery_task_last_success_timestamp_seconds",
+        "gauge",
+        ("name",),
+        "Unix time this worker last saw the task succeed; 0 until it does.",
+        "yes (0)",
+    ),
+    MetricSpec(
+        "celery_task_last_failure_timestamp_seconds",
+        "gauge",
+        ("name",),
+        "Unix time this worker last saw the task fail (an exception, a time limit, a lost "
+        "pool child); 0 until it does.",
+        "yes (0)",
+    ),
+    MetricSpec(
         "celery_worker_up",
         "gauge",
         ("hostname",),
@@ -238,6 +257,75 @@ METRICS: tuple[MetricSpec, ...] = (
         "0 until the first success",
     ),
     MetricSpec(
+        "celery_beat_up",
+        "gauge",
+        (),
+        "1 while this celery beat process runs its scheduler; the series disappears with "
+        "the process.",
+        "yes",
+        process="beat",
+    ),
+    MetricSpec(
+        "celery_beat_last_tick_timestamp_seconds",
+        "gauge",
+        (),
+        "Unix time of beat's last scheduler tick (at least every beat_max_loop_interval).",
+        "yes",
+        process="beat",
+    ),
+    MetricSpec(
+        "celery_beat_entries",
+        "gauge",
+        (),
+        "Entries in beat's schedule at its last tick.",
+        "yes",
+        process="beat",
+    ),
+    MetricSpec(
+        "celery_beat_entry_last_sent_timestamp_seconds",
+        "gauge",
+        ENTRY,
+        "Unix time beat last sent the entry's task (at start: the schedule store's last "
+        "run); 0 while it was never sent.",
+        "yes (0)",
+        process="beat",
+    ),
+    MetricSpec(
+        "celery_beat_entry_next_due_timestamp_seconds",
+        "gauge",
+        ENTRY,
+        "Unix time the entry is next due, from its schedule (interval, crontab, solar); "
+        "in the past while it is overdue.",
+        "yes",
+        process="beat",
+    ),
+    MetricSpec(
+        "celery_beat_entry_period_seconds",
+        "gauge",
+        ENTRY,
+        "The entry's period: its interval; for crontab and solar, the gap between its "
+        "next two due times.",
+        "yes",
+        process="beat",
+    ),
+    MetricSpec(
+        "celery_beat_entry_sent_total",
+        "counter",
+        ENTRY,
+        "Sends of the entry's task by this beat process.",
+        "yes",
+        process="beat",
+    ),
+    MetricSpec(
+        "celery_beat_entry_send_errors_total",
+        "counter",
+        ENTRY,
+        "Sends of the entry's task that raised (broker down): beat logs 'Message Error' "
+        "and waits for the next due time.",
+        "yes",
+        process="beat",
+    ),
+    MetricSpec(
         "csuite_async_obs_instrumentation_errors_total",
         "counter",
         ("hook",),
@@ -248,7 +336,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "csuite_async_obs_label_overflow_total",
         "counter",
         ("label",),
-        "Events whose task, queue or exception label was reported as 'other' because that "
+        "Events whose task, queue, exception or beat entry label was reported as 'other' because that "
         "label's cardinality limit was reached.",
         "yes",
     ),
@@ -266,6 +354,7 @@ INSTRUMENTATION_HOOKS = (
     "collect",
     "exporter",
     "log",
+    "beat",
 )
 
 # Labels the package sets itself (and those of the exposition formats): a
