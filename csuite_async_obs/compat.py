@@ -570,13 +570,14 @@ def in_memory_values(init: Callable[[], None]) -> None:
 
 
 def counter_values(metric: Any) -> list[tuple[tuple[str, ...], float]]:
-    """Every child of a labelled Counter: ``(label values, value)``."""
+    """Every child of a labelled Counter or Gauge: ``(label values, value)``."""
     if uses_private("family_internals") and uses_private("counter_value"):
         return [(key, child._value._value) for key, child in list(metric._metrics.items())]
     out = []
     for family in metric.collect():
         for sample in family.samples:
-            if sample.name.endswith("_total"):
+            # A counter's samples are _total and _created; a gauge's, its name.
+            if not sample.name.endswith("_created"):
                 out.append((tuple(sample.labels.values()), float(sample.value)))
     return out
 

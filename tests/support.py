@@ -174,3 +174,72 @@ def topic_queues() -> tuple[Any, ...]:
         Queue("reports", reports, routing_key="reports.#"),
         Queue("daily", reports, routing_key="*.daily"),
     )
+
+
+class Beat:
+    """A ``celery beat`` subprocess, instrumented, with its exporter on a free loopback port."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        app: str = "tests.periodic_app",
+        schedule_file: Path | None = None,
+        args: tuple[str, ...] = (),
+        metrics_port: int | None = None,
+    ) -> None:
+        self.env = env
+        self.port = metrics_port if metrics_port is not None else free_port()
+        self.log_path = log_dir / f"beat-{self.port}.log"
+        self.schedule_file = schedule_file or log_dir / "beat-schedule"
+        self.cmd = [
+            PYTHON, "-m", "celery", "-A", app, "beat", "-l", "INFO",
+            "-s", str(self.schedule_file), "--metrics-port", str(self.port),
+            "--metrics-addr", "127.0.0.1", *args,
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> Beat:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in stop()
+        self.process = subprocess.Popen(
+            self.cmd, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        if wait:
+
+            def ready() -> bool:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    pytest.fail(
+                        f"beat exited with {self.process.returncode}:\n{self.log()[-4000:]}"
+                    )
+                return http_status(self.url + "/healthz") == 200
+
+            try:
+                wait_for(ready, timeout, message="beat /healthz")
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}\n--- beat log ---\n{self.log()[-4000:]}") from None
+        return self
+
+    def scrape(self) -> Samples:
+        return scrape(self.url + "/metrics")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        """Stop beat (SIGTERM: it saves its schedule; SIGKILL: it cannot)."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        code = stop_process(process, sig, timeout)
+        self._log.close()
+        return code

@@ -15,14 +15,16 @@ __all__ = ["metrics_table", "options_table"]
 
 def options_table() -> str:
     rows = [
-        "| `instrument()` keyword | variable | `celery worker` flag | default | meaning |",
-        "|---|---|---|---|---|",
+        "| `instrument()` keyword | variable | `celery worker` flag | `celery beat` | default "
+        "| meaning |",
+        "|---|---|---|---|---|---|",
     ]
     for option in OBS_OPTIONS:
         help_text = option.help.replace("|", "\\|")
+        beat = "yes" if option.beat else "no"
         rows.append(
-            f"| `{option.attr}` | `{option.env}` | `{option.flag}` | `{default_text(option.attr)}` "
-            f"| {help_text} |"
+            f"| `{option.attr}` | `{option.env}` | `{option.flag}` | {beat} "
+            f"| `{default_text(option.attr)}` | {help_text} |"
         )
     return "\n".join(rows)
 

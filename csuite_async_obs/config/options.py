@@ -59,6 +59,9 @@ class ObsOption:
     parse: Callable[[str, str], Any]
     help: str
     metavar: str = "VALUE"
+    #: Also a ``celery beat`` flag: the options that mean something in beat (its
+    #: exporter, its labels, its publishes and its schedule entries).
+    beat: bool = False
 
     def from_raw(self, raw: str, source: str | None = None) -> Any:
         return self.parse(source or self.env, raw)
@@ -84,6 +87,7 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         _port,
         "Port of the worker's /metrics exporter; 0 turns the exporter off.",
         "PORT",
+        beat=True,
     ),
     ObsOption(
         "metrics_addr",
@@ -92,6 +96,7 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         parse_address,
         "Address the exporter binds to (0.0.0.0: all interfaces).",
         "ADDR",
+        beat=True,
     ),
     ObsOption(
         "runtime_buckets",
@@ -116,6 +121,7 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         parse_labels,
         "Labels added to every series, as key=value,key2=value2.",
         "PAIRS",
+        beat=True,
     ),
     ObsOption(
         "max_task_names",
@@ -124,6 +130,7 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         _positive,
         "Distinct task names per metric before the rest are reported as 'other'.",
         "N",
+        beat=True,
     ),
     ObsOption(
         "max_queue_names",
@@ -134,6 +141,17 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         "also the most queues the queue-depth poller reports (glob matches past it are "
         "left out, and logged).",
         "N",
+        beat=True,
+    ),
+    ObsOption(
+        "max_beat_entries",
+        "CSUITE_MAX_BEAT_ENTRIES",
+        "--metrics-max-beat-entries",
+        _positive,
+        "Distinct beat schedule entries before the rest are reported as 'other' (celery "
+        "beat only).",
+        "N",
+        beat=True,
     ),
     ObsOption(
         "max_exceptions",
@@ -166,6 +184,7 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         lambda v, r: parse_choice(v, r, ("console", "json")),
         "Rendering of the package's structured logs: console or json.",
         "FORMAT",
+        beat=True,
     ),
     ObsOption(
         "queue_depth",
@@ -226,6 +245,7 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         lambda v, r: r.strip(),
         "Path of a Prometheus exporter web-config file (TLS, basic auth).",
         "PATH",
+        beat=True,
     ),
 )
 
@@ -243,6 +263,7 @@ class ObsSettings:
     const_labels: tuple[tuple[str, str], ...] = field(default=())
     max_task_names: int = 500
     max_queue_names: int = 100
+    max_beat_entries: int = 500
     max_exceptions: int = 50
     task_log: bool = False
     log_task_args: bool = False

@@ -24,7 +24,13 @@ from .registry import instrumentation_for
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["ConsumerHealthStep", "MetricsStep", "add_worker_steps", "remove_worker_steps"]
+__all__ = [
+    "ConsumerHealthStep",
+    "MetricsStep",
+    "add_worker_steps",
+    "beat_flags",
+    "remove_worker_steps",
+]
 
 
 def _kwarg(flag: str) -> str:
@@ -88,20 +94,22 @@ class ConsumerHealthStep(bootsteps.StartStopStep):
 
 
 def add_worker_steps(app: Celery) -> None:
-    """Add the bootsteps and the ``--metrics-*`` options to ``app``'s workers (idempotent)."""
+    """Add the bootsteps and the ``--metrics-*`` options to ``app``'s workers, and
+    the options that apply to beat to ``celery beat`` (idempotent)."""
     if MetricsStep in app.steps["worker"]:
         return
     app.steps["worker"].add(MetricsStep)
     app.steps["consumer"].add(ConsumerHealthStep)
     for option in OBS_OPTIONS:
-        app.user_options["worker"].add(
-            click.Option(
-                [option.flag],
-                default=None,
-                metavar=option.metavar,
-                help=f"{option.help_text()} [env {option.env}]",
+        for command in ("worker", "beat") if option.beat else ("worker",):
+            app.user_options[command].add(
+                click.Option(
+                    [option.flag],
+                    default=None,
+                    metavar=option.metavar,
+                    help=f"{option.help_text()} [env {option.env}]",
+                )
             )
-        )
 
 
 def remove_worker_steps(app: Celery) -> None:
@@ -109,6 +117,19 @@ def remove_worker_steps(app: Celery) -> None:
     app.steps["worker"].discard(MetricsStep)
     app.steps["consumer"].discard(ConsumerHealthStep)
     flags = {option.flag for option in OBS_OPTIONS}
-    options = app.user_options["worker"]
-    for option in [o for o in options if set(getattr(o, "opts", ())) & flags]:
-        options.discard(option)
+    for command in ("worker", "beat"):
+        options = app.user_options[command]
+        for option in [o for o in options if set(getattr(o, "opts", ())) & flags]:
+            options.discard(option)
+
+
+def beat_flags() -> dict[str, Any]:
+    """The ``--metrics-*`` flags given to the running ``celery beat`` command.
+
+    Celery passes a beat's user options to ``Beat`` (which drops them), not to the
+    scheduler or the ``beat_init`` signal: they are read from click's context of
+    the command, which is the current one while ``beat_init`` is sent.
+    """
+    context = click.get_current_context(silent=True)
+    params = context.params if context is not None and context.info_name == "beat" else {}
+    return {option.attr: params.get(_kwarg(option.flag)) for option in OBS_OPTIONS if option.beat}

@@ -13,6 +13,7 @@ import functools
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +24,16 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .. import compat
+from ..config.errors import ConfigError
 from ..config.options import ObsSettings
 from ..http.server import Exporter, start_exporter
 from ..http.webconfig import WebSecurity, load_web_config
 from ..metrics.exposition import TaskExposition, make_renderer
 from ..metrics.task_metrics import TaskMetrics
 from ..queue_depth.poller import QueueDepthPoller, start_queue_depth
-from .bootsteps import add_worker_steps, remove_worker_steps
+from .beat import BeatHooks
+from .beat_collector import BeatCollector, BeatState
+from .bootsteps import add_worker_steps, beat_flags, remove_worker_steps
 from .hooks import TaskHooks, publishing
 from .registry import forget, instrumentation_for, remember
 from .request import instrumented_request_class
@@ -75,6 +79,8 @@ class Instrumentation:
         self.worker: Any = None
         self._worker_collector: WorkerStateCollector | None = None
         self._queue_depth: QueueDepthPoller | None = None
+        self.beat: BeatHooks | None = None
+        self._beat_collector: BeatCollector | None = None
         self._original_requests: dict[str, Any] = {}
         self._send_task: tuple[Any, Any] | None = None
         self._own_send_task = False
@@ -89,6 +95,7 @@ class Instrumentation:
             (signals.before_task_publish, self.hooks.before_publish, ":before"),
             (signals.after_task_publish, self.hooks.after_publish, ":after"),
             (signals.task_unknown, self._on_unknown, ":unknown"),
+            (signals.beat_init, self._on_beat_init, ":beat"),
         ]
         if not compat.uses_private("announce_revoked"):
             wanted.append((signals.task_revoked, self.hooks.on_task_revoked, ":revoked"))
@@ -192,26 +199,81 @@ class Instrumentation:
                 )
             except Exception as exc:  # noqa: BLE001 -- the worker runs on without queue depth
                 self.hooks.fail("collect", exc)
-        if self.settings.metrics_port:
-            security = self.security or load_web_config(self.settings.web_config)
-            self.exporter = start_exporter(
-                self.registry,
-                port=self.settings.metrics_port,
-                addr=self.settings.metrics_addr,
-                health=self.health,
-                authenticate=security.authenticate,
-                ssl_context=security.ssl_context,
-                renderer=self.renderer(),
-                on_error=lambda exc: self.hooks.fail("exporter", exc),
-                log_format=self.settings.log_format,
+        self._start_exporter(self.health, "The worker keeps running without its exporter.")
+
+    def _start_exporter(
+        self, health: Callable[[], tuple[bool, dict[str, Any]]], fallback: str
+    ) -> None:
+        if not self.settings.metrics_port:
+            return
+        security = self.security or load_web_config(self.settings.web_config)
+        self.exporter = start_exporter(
+            self.registry,
+            port=self.settings.metrics_port,
+            addr=self.settings.metrics_addr,
+            health=health,
+            authenticate=security.authenticate,
+            ssl_context=security.ssl_context,
+            renderer=self.renderer(),
+            on_error=lambda exc: self.hooks.fail("exporter", exc),
+            log_format=self.settings.log_format,
+            on_bind_failure=fallback,
+        )
+        if self.exporter is not None:
+            self.hooks.log.info(
+                "metrics_exporter_started",
+                url=self.exporter.url,
+                basic_auth=security.basic_auth,
+                pid=os.getpid(),
             )
-            if self.exporter is not None:
-                self.hooks.log.info(
-                    "metrics_exporter_started",
-                    url=self.exporter.url,
-                    basic_auth=security.basic_auth,
-                    pid=os.getpid(),
-                )
+
+    # ------------------------------------------------------------------ beat life
+
+    def _on_beat_init(self, sender: Any = None, **_: Any) -> None:
+        """``celery beat`` starts on this app: its flags, its scheduler, its exporter."""
+        if getattr(sender, "app", None) is not self.app or self.beat is not None:
+            return
+        try:
+            self.reconfigure(beat_flags())
+        except ConfigError as exc:
+            # A bad flag or variable stops beat with one line, as it stops a worker.
+            raise SystemExit(f"csuite-async-obs: {exc}") from None
+        try:
+            self.beat_started(sender.scheduler)
+        except Exception as exc:  # noqa: BLE001 -- beat runs on uninstrumented
+            self.hooks.fail("beat", exc)
+
+    def beat_started(self, scheduler: Any) -> BeatHooks:
+        """Instrument a beat scheduler instance and serve its ``/metrics``."""
+        disable_created_metrics()
+        metrics = self.metrics
+        state = BeatState(
+            guard_entry=metrics.guard("entry", self.settings.max_beat_entries),
+            guard_task=metrics.guard_name,
+            on_error=lambda exc: self.hooks.fail("beat", exc),
+        )
+        self._beat_collector = BeatCollector(state, self.settings.const_labels)
+        self.extra_registry.register(self._beat_collector)
+        self.beat = BeatHooks(scheduler, state, self.hooks.fail, on_close=self.beat_stopped)
+        self.beat.install()
+        self._start_exporter(self.beat_health, "Beat keeps running without its exporter.")
+        return self.beat
+
+    def beat_stopped(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
+            self.exporter = None
+
+    def beat_health(self) -> tuple[bool, dict[str, Any]]:
+        beat = self.beat
+        if beat is None:
+            return False, {"beat_running": False}
+        state = beat.state
+        return state.running, {
+            "beat_running": state.running,
+            "seconds_since_tick": round(time.time() - state.last_tick, 3),
+            "entries": len(state.rows),
+        }
 
     def worker_stopped(self) -> None:
         if self._queue_depth is not None:
@@ -326,6 +388,9 @@ def uninstrument(app: Celery) -> bool:
         if instrumentation is None:
             return False
         instrumentation.worker_stopped()
+        instrumentation.beat_stopped()
+        if instrumentation.beat is not None:
+            instrumentation.beat.uninstall()
         instrumentation.disconnect_signals()
         instrumentation.restore_request_classes()
         instrumentation.unregister()

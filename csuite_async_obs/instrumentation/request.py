@@ -162,8 +162,10 @@ class InstrumentedRequestMixin(Request):
         series = self._csuite_series or hooks.series(self)
         if state == "succeeded":
             series.inc_succeeded()
+            series.last_success.set(time.time())
         elif state == "failed":
             series.failed(exception or "Exception").inc()
+            series.last_failure.set(time.time())
         elif state == "retried":
             series.retried.inc()
         elif state == "rejected":

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from ..compat import counter_values, histogram_bounds, histogram_values
@@ -62,14 +62,15 @@ def _labels(names: tuple[str, ...], key: tuple[str, ...]) -> str:
 class Family:
     """One metric to render, with what its owner knows of it (the catalog's names)."""
 
-    metric: Counter | Histogram
+    metric: Counter | Gauge | Histogram
     name: str  # the family's name: a counter's without ``_total``
     help: str
     label_names: tuple[str, ...]
 
 
 class TaskExposition:
-    """Renders a fixed set of labelled counters and histograms, with cached label strings."""
+    """Renders a fixed set of labelled counters, gauges and histograms, with cached
+    label strings."""
 
     def __init__(self, families: Iterable[Family]) -> None:
         self.families = tuple(families)
@@ -79,12 +80,16 @@ class TaskExposition:
         self._bounds: dict[int, list[float]] = {}
         self._lock = threading.Lock()
 
-    def _counter(self, spec: Family, openmetrics: bool, out: list[bytes]) -> None:
+    def _scalar(self, spec: Family, openmetrics: bool, out: list[bytes]) -> None:
         metric, family, documentation, names = spec.metric, spec.name, spec.help, spec.label_names
-        sample = f"{family}_total"
-        type_name = family if openmetrics else sample
+        if isinstance(metric, Counter):
+            sample, kind = f"{family}_total", "counter"
+            type_name = family if openmetrics else sample
+        else:
+            sample = type_name = family
+            kind = "gauge"
         out.append(
-            f"# HELP {type_name} {_help(documentation)}\n# TYPE {type_name} counter\n".encode()
+            f"# HELP {type_name} {_help(documentation)}\n# TYPE {type_name} {kind}\n".encode()
         )
         cache = self._cache.setdefault(id(metric), {})
         append = out.append
@@ -141,10 +146,10 @@ class TaskExposition:
         out: list[bytes] = []
         with self._lock:
             for family in self.families:
-                if isinstance(family.metric, Counter):
-                    self._counter(family, openmetrics, out)
-                else:
+                if isinstance(family.metric, Histogram):
                     self._histogram(family, out)
+                else:
+                    self._scalar(family, openmetrics, out)
         return b"".join(out)
 
 

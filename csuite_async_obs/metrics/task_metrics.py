@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..compat import counter_incrementer, histogram_observer, in_memory_values
 from ..config.options import ObsSettings
@@ -34,6 +34,10 @@ class _Counter(_InMemory, Counter):
 
 
 class _Histogram(_InMemory, Histogram):
+    pass
+
+
+class _Gauge(_InMemory, Gauge):
     pass
 
 
@@ -88,6 +92,12 @@ class TaskMetrics:
             self.families.append(Family(metric, _base(name), SPECS[name].help, labels))
             return metric
 
+        def gauge(name: str) -> Gauge:
+            labels = tuple(const.label_names(name))
+            metric = _Gauge(name, SPECS[name].help, labels, registry=registry)
+            self.families.append(Family(metric, name, SPECS[name].help, labels))
+            return metric
+
         def histogram(name: str, buckets: Iterable[float]) -> Histogram:
             labels = tuple(const.label_names(name))
             metric = _Histogram(
@@ -113,20 +123,23 @@ class TaskMetrics:
         self.queue_wait_clamped = counter("celery_task_queue_wait_clamped_total")
         self.time_limit = counter("celery_task_time_limit_exceeded_total")
         self.worker_lost = counter("celery_task_worker_lost_total")
+        # Per task name, not per queue: "when did it last succeed" is asked of a task.
+        self.last_success = gauge("celery_task_last_success_timestamp_seconds")
+        self.last_failure = gauge("celery_task_last_failure_timestamp_seconds")
         self.errors = counter("csuite_async_obs_instrumentation_errors_total")
         self.overflow = counter("csuite_async_obs_label_overflow_total")
         # Every hook's series exists at 0, so that increase() sees the first error.
         self._errors = {
             hook: self.errors.labels(hook, *self._const_values) for hook in INSTRUMENTATION_HOOKS
         }
-        self.guard_name = self._guard("name", self.settings.max_task_names)
-        self.guard_queue = self._guard("queue_name", self.settings.max_queue_names)
-        self.guard_exception = self._guard("exception", self.settings.max_exceptions)
+        self.guard_name = self.guard("name", self.settings.max_task_names)
+        self.guard_queue = self.guard("queue_name", self.settings.max_queue_names)
+        self.guard_exception = self.guard("exception", self.settings.max_exceptions)
         self._children: dict[tuple[str, str], TaskSeries] = {}
         self._children_lock = threading.Lock()
 
     @property
-    def collectors(self) -> tuple[Counter | Histogram, ...]:
+    def collectors(self) -> tuple[Counter | Gauge | Histogram, ...]:
         """Every metric object of this instance, in exposition order."""
         return tuple(family.metric for family in self.families)
 
@@ -135,7 +148,8 @@ class TaskMetrics:
         for metric in self.collectors:
             self.registry.unregister(metric)
 
-    def _guard(self, label: str, limit: int) -> LabelGuard:
+    def guard(self, label: str, limit: int) -> LabelGuard:
+        """A guard of ``label`` whose overflow is counted with this object's metrics."""
         return LabelGuard(label, limit, self.overflow.labels(label, *self._const_values))
 
     def error(self, hook: str) -> None:
@@ -183,6 +197,8 @@ class TaskSeries:
         "inc_succeeded",
         "inc_wait_clamped",
         "inc_wait_unmeasured",
+        "last_failure",
+        "last_success",
         "name",
         "observe_runtime",
         "observe_wait",
@@ -226,6 +242,8 @@ class TaskSeries:
             kind: metrics.time_limit.labels(name, queue, kind, *const) for kind in TIME_LIMIT_KINDS
         }
         self.worker_lost = metrics.worker_lost.labels(name, queue, *const)
+        self.last_success = metrics.last_success.labels(name, *const)
+        self.last_failure = metrics.last_failure.labels(name, *const)
         # What every task does, bound once (see compat.counter_incrementer).
         self.inc_received = counter_incrementer(self.received)
         self.inc_redelivered = counter_incrementer(self.redelivered)
