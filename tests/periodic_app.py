@@ -17,16 +17,24 @@ from . import worker_tasks  # noqa: F401 -- registers tests.incr and tests.boom
 
 celery_app = get_celery_app()
 INTERVAL = float(os.environ.get("PERIODIC_INTERVAL", "5"))
+#: The interval entry's task (tests.periodic fails while the test sets a flag).
+TASK = os.environ.get("PERIODIC_TASK") or (
+    "tests.boom" if os.environ.get("PERIODIC_FAIL") == "1" else "tests.incr"
+)
+#: Both entries' queue, where a test gives them a worker of their own.
+OPTIONS = {"queue": os.environ["PERIODIC_QUEUE"]} if os.environ.get("PERIODIC_QUEUE") else {}
 celery_app.conf.beat_schedule = {
     "every-5s": {
-        "task": "tests.boom" if os.environ.get("PERIODIC_FAIL") == "1" else "tests.incr",
+        "task": TASK,
         "schedule": INTERVAL,
         "args": ("periodic:every-5s",),
+        "options": OPTIONS,
     },
     "every-minute": {
         "task": "tests.incr",
         "schedule": crontab(),
         "args": ("periodic:every-minute",),
+        "options": OPTIONS,
     },
 }
 if os.environ.get("PERIODIC_SCHEDULER"):

@@ -90,6 +90,15 @@ def incr(key: str) -> int:
 # --- tasks of the alerting end-to-end test (tests/test_alerts_e2e.py) ------------------
 
 
+@async_task(name="tests.periodic")
+def periodic(key: str) -> int:
+    """A periodic task that fails while the test has set ``<key>:fail``."""
+    client = _redis()
+    if client.exists(f"{key}:fail"):
+        raise RuntimeError("scripted periodic failure")
+    return int(client.incr(key))
+
+
 @async_task(name="tests.flaky")
 def flaky(fail: bool = False) -> bool:
     """A busy task whose failures the caller scripts."""
