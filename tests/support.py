@@ -211,20 +211,20 @@ class Beat:
             start_new_session=True,
         )  # fmt: skip
         if wait:
-
-            def ready() -> bool:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    pytest.fail(
-                        f"beat exited with {self.process.returncode}:\n{self.log()[-4000:]}"
-                    )
-                return http_status(self.url + "/healthz") == 200
-
-            try:
-                wait_for(ready, timeout, message="beat /healthz")
-            except TimeoutError as exc:
-                raise AssertionError(f"{exc}\n--- beat log ---\n{self.log()[-4000:]}") from None
+            self.wait_ready(timeout)
         return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"beat exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            return http_status(self.url + "/healthz") == 200
+
+        try:
+            wait_for(ready, timeout, message="beat /healthz")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n--- beat log ---\n{self.log()[-4000:]}") from None
 
     def scrape(self) -> Samples:
         return scrape(self.url + "/metrics")

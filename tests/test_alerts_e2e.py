@@ -66,7 +66,7 @@ from csuite_async_obs.servers.rabbitmq_server import RabbitMQServer
 from csuite_async_obs.servers.redis_server import RedisServer
 from csuite_async_obs.task_api.app import create_celery_app
 
-from .support import PYTHON, Worker, wait_for
+from .support import PYTHON, Beat, Worker, base_env, wait_for
 from .test_dashboards import committed, label_values, substitute, targets, variable_queries
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,16 @@ EXPORTER_JOB = "celery-queue-exporter"
 SMALL_CAP_JOB = "celery-small-cap"
 SMALL_CAP_QUEUE = "e2e.small-cap"
 MAX_TASK_NAMES = 3
+# celery beat (5 s interval entry and an every-minute crontab) and the worker of
+# its queue, on the session's Redis (the broker incident must not reach them).
+BEAT_JOB = "celery-beat"
+PERIODIC_JOB = "celery-periodic"
+PERIODIC_QUEUE = "e2e.periodic"
+PERIODIC_TASK = "tests.periodic"
+PERIODIC_ENTRY = "every-5s"
+PERIODIC_KEY = "periodic:every-5s"
+PERIODIC_DB = 5
+PERIODIC_GRACE = 5.0
 # The Redis workers: every slot of their pools is what saturation counts.
 WORKERS, CONCURRENCY = 2, 2
 SLOTS = WORKERS * CONCURRENCY
@@ -108,7 +118,7 @@ INCIDENT_DEADLINE = CLEAN_SECONDS
 # poll every second here), the oldest message's age 300 s -> 15 s, the queue wait
 # 60 s -> 5 s; saturation is averaged over 5 s (enough to tell a full pool from a
 # busy one, with tasks of 13 s).
-SHORT_WINDOWS = {"5m": "15s", "10m": "30s", "1h": "60s", "1d": "10m"}
+SHORT_WINDOWS = {"5m": "15s", "10m": "30s", "1h": "60s", "1d": "10m", "8d": "10m"}
 SHORT_FOR = "3s"
 CLUSTER = "e2e"
 SHORT_TUNING = {
@@ -116,6 +126,9 @@ SHORT_TUNING = {
     "CeleryQueueOldestMessageTooOld": {"threshold": 15.0},
     "CeleryQueueWaitHigh": {"threshold": 5.0},
     "CeleryWorkerSaturated": {"window": "5s"},
+    # One send of the 5 s entry late, or not succeeded, by 5 s.
+    "CeleryBeatEntryOverdue": {"threshold": PERIODIC_GRACE},
+    "CeleryPeriodicTaskNotSucceeded": {"threshold": PERIODIC_GRACE},
 }
 
 
@@ -130,7 +143,9 @@ def e2e_config() -> MonitoringConfig:
         alerts[name] = replace(tuning, **SHORT_TUNING.get(name, {}))  # type: ignore[arg-type]
     return MonitoringConfig(
         selectors=Selectors(
-            worker=f'job=~"{JOB}|{RABBIT_JOB}|{SMALL_CAP_JOB}"', exporter=f'job="{EXPORTER_JOB}"'
+            worker=f'job=~"{JOB}|{RABBIT_JOB}|{SMALL_CAP_JOB}|{PERIODIC_JOB}"',
+            exporter=f'job="{EXPORTER_JOB}"',
+            beat=f'job="{BEAT_JOB}"',
         ),
         cluster_label="cluster",
         alerts=alerts,
@@ -283,7 +298,7 @@ def wait_until_fired(prom: PrometheusServer, expected: list[Expectation], *,
                     hit = True
             if not hit and key(alert) not in before:
                 labels = alert["labels"]
-                detail = [labels[k] for k in ("name", "kind") if k in labels] or [
+                detail = [labels[k] for k in ("name", "kind", "entry") if k in labels] or [
                     labels.get("queue_name") or labels.get("job", "")
                 ]
                 others.add(f"{labels['alertname']} ({', '.join(detail)})")
@@ -488,6 +503,9 @@ class Deployment:
     started: list[Worker]  # the Redis workers, job JOB
     rabbit: Worker  # RABBIT_JOB
     small_cap: Worker  # SMALL_CAP_JOB
+    beat: Beat  # BEAT_JOB
+    periodic: Worker  # PERIODIC_JOB
+    periodic_client: redis.Redis  # their Redis
     app: Celery
     rabbit_app: Celery
     client: redis.Redis
@@ -504,6 +522,7 @@ def deployment(
     rabbitmq_server: RabbitMQServer,
     rabbitmq_vhost: str,
     rabbitmq_workers: Any,
+    redis_server: RedisServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Deployment]:
@@ -550,8 +569,18 @@ def deployment(
              "CSUITE_MAX_TASK_NAMES": str(MAX_TASK_NAMES)},
         wait=False,
     )  # fmt: skip
-    for worker in (*started, rabbit, small_cap):
+    periodic_url = f"{redis_server.url}/{PERIODIC_DB}"
+    periodic_env = {"CELERY_BROKER_URL": periodic_url, "TEST_REDIS_URL": periodic_url,
+                    "CELERY_RESULT_BACKEND": f"{redis_server.url}/{PERIODIC_DB + 1}"}  # fmt: skip
+    periodic = workers(pool="solo", args=("-Q", PERIODIC_QUEUE), env=periodic_env, wait=False)
+    beat = Beat(
+        base_env(periodic_url, periodic_env["CELERY_RESULT_BACKEND"], TEST_REDIS_URL=periodic_url,
+                 PERIODIC_TASK=PERIODIC_TASK, PERIODIC_QUEUE=PERIODIC_QUEUE),
+        tmp_path,
+    ).start(wait=False)  # fmt: skip
+    for worker in (*started, rabbit, small_cap, periodic):
         worker.wait_ready()
+    beat.wait_ready()
     # A standalone exporter on the same vhost whose management API is unreachable
     # (passive declares): scraped from the start, started only for its incident.
     exporter_port = free_port()
@@ -560,6 +589,8 @@ def deployment(
         RABBIT_JOB: [f"127.0.0.1:{rabbit.port}"],
         SMALL_CAP_JOB: [f"127.0.0.1:{small_cap.port}"],
         EXPORTER_JOB: [f"127.0.0.1:{exporter_port}"],
+        PERIODIC_JOB: [f"127.0.0.1:{periodic.port}"],
+        BEAT_JOB: [f"127.0.0.1:{beat.port}"],
     }
     prom = PrometheusServer(jobs, short_rules(tmp_path / "rules"), scrape_interval=SCRAPE,
                             evaluation_interval=SCRAPE,
@@ -573,15 +604,15 @@ def deployment(
         )
     )
     d = Deployment(
-        prom, started, rabbit, small_cap, app, rabbit_app,
-        redis.Redis.from_url(f"{broker.url}/0"), exporter_port,
+        prom, started, rabbit, small_cap, beat, periodic, redis.Redis.from_url(periodic_url),
+        app, rabbit_app, redis.Redis.from_url(f"{broker.url}/0"), exporter_port,
         {**rabbitmq_workers.env, "CSUITE_QUEUE_POLL_TIMEOUT": "2"},
     )  # fmt: skip
     try:
         prom.start()
         assert prom.process is not None
         assert listening_addresses(prom.process.pid) == {("127.0.0.1", prom.port)}
-        wait_for_targets(prom, (JOB, RABBIT_JOB, SMALL_CAP_JOB), timeout=30)
+        wait_for_targets(prom, (JOB, RABBIT_JOB, SMALL_CAP_JOB, PERIODIC_JOB, BEAT_JOB), 30)
         # The queue-depth polls have run and Prometheus has their first readings.
         for job, queue in (
             (JOB, QUEUE),
@@ -595,8 +626,10 @@ def deployment(
         if d.workload is not None:
             d.workload._stop_event.set()
         stop_process(d.exporter)
+        d.beat.stop(signal.SIGKILL)
         prom.stop()
         d.client.close()
+        d.periodic_client.close()
         for celery_app in (app, rabbit_app):
             close_app(celery_app)
 
@@ -654,6 +687,8 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
     check_answers(prom, *run_clean_workload(d, CLEAN_SECONDS))
     workload = d.workload
     assert workload is not None
+    # Beat's metrics match its schedule, and the worker ran every send.
+    check_beat_schedule(d)
 
     # --- 3a. five incidents at once: four tasks, and the instrumentation.
     burst = Expectation(
@@ -691,19 +726,30 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
     app.send_task("tests.hard_limit", args=(10.0,), queue=QUEUE)
     caught.started = time.monotonic()
     publish_raw(app, f"{broker.url}/0", "tests.ok", QUEUE, {PUBLISHED_AT_HEADER: 10**400})
+    # The periodic task fails on every run while beat sends it on time.
+    failing = Expectation(
+        f"the periodic task failing on every run (`{PERIODIC_TASK}`, every 5 s; beat healthy)",
+        "CeleryPeriodicTaskNotSucceeded",
+        {"name": PERIODIC_TASK, "entry": PERIODIC_ENTRY},
+    )
+    failing.started = time.monotonic()
+    d.periodic_client.set(f"{PERIODIC_KEY}:fail", 1)
     app.send_task("tests.victim", args=("e2e:victim", 60.0), queue=QUEUE)
     pid = int(wait_for(lambda: client.get("e2e:victim"), 30, message="victim pid"))
     victim.started = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     # The minimum-volume guard, live: the rare task's 100% must not reach the ratio alert.
+    # The periodic task's alert fires while beat is healthy.
     others = wait_until_fired(
-        prom, [burst, rare, victim, limit, caught],
-        forbidden=lambda a: matches(a, "CeleryTaskFailureRatioHigh", {"name": "tests.rare"}),
+        prom, [burst, rare, victim, limit, caught, failing],
+        forbidden=lambda a: matches(a, "CeleryTaskFailureRatioHigh", {"name": "tests.rare"})
+        or a["labels"]["alertname"] in ("CeleryBeatDown", "CeleryBeatEntryOverdue"),
     )  # fmt: skip
     # No background failures from here on: once tests.flaky stops running,
     # each would be reported as a rare task's failure (see ECHOES).
     workload.fail_every = 0
-    report.rows += [burst, rare, victim, limit, caught]
+    d.periodic_client.delete(f"{PERIODIC_KEY}:fail")
+    report.rows += [burst, rare, victim, limit, caught, failing]
     report.also.append(("the five incidents at once", sorted(others)))
 
     # --- 3b. every pool slot held by a long task; the workload queues behind them.
@@ -735,11 +781,29 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
         "CeleryQueueOldestMessageTooOld",
         {"queue_name": QUEUE},
     )
+    # Meanwhile the periodic queue's only worker stops, while beat keeps sending.
+    # Its alert has resolved since the flag went (the next run succeeded).
+    wait_for(lambda: not [a for a in prom.alerts() if matches(a, failing.alert, failing.labels)],
+             30, message="the failing periodic task's alert resolved")  # fmt: skip
+    lost = "the periodic queue's only worker stopped while beat keeps sending"
+    unconsumed = [
+        Expectation(lost, "CeleryPeriodicTaskNotSucceeded",
+                    {"name": PERIODIC_TASK, "entry": PERIODIC_ENTRY}),
+        Expectation(lost, "CeleryWorkerDown", {"instance": f"127.0.0.1:{d.periodic.port}"}),
+        Expectation(lost, "CeleryWorkersAllDown", {"job": PERIODIC_JOB}),
+    ]  # fmt: skip
+    sent_before = stop_periodic_worker(d)
     stuck.started = growing.started = old.started = time.monotonic()
+    for e in unconsumed:
+        e.started = stuck.started
     for i in range(120):
         app.send_task("tests.ok", args=(i,), queue=QUEUE)
-    others = wait_until_fired(prom, [stuck, growing, old])
-    report.rows += [stuck, growing, old]
+    others = wait_until_fired(prom, [stuck, growing, old, *unconsumed])
+    # The backlog: every send since the stop waits in the queue.
+    wait_for(lambda: d.periodic_client.llen(PERIODIC_QUEUE) == beat_sends(d) - sent_before > 0,
+             5, message="the periodic backlog equals beat's sends since the stop")  # fmt: skip
+    d.periodic.start()
+    report.rows += [stuck, growing, old, *unconsumed]
     report.also.append(("the cancelled consumers", sorted(others)))
 
     # --- 3d. the consumers restored: the backlog's tasks start, late.  The wait
@@ -794,14 +858,35 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
         )
         for w in started
     ]
+    # Beat SIGKILLed meanwhile (no close: its schedule is as last synced).
+    beat_killed = [
+        Expectation("celery beat SIGKILLed", "CeleryBeatDown", {"job": BEAT_JOB}),
+        Expectation("celery beat SIGKILLed", "CeleryBeatEntryOverdue",
+                    {"job": BEAT_JOB, "entry": PERIODIC_ENTRY}),
+    ]  # fmt: skip
     start = time.monotonic()
     for worker in started:
         os.killpg(worker.pid, signal.SIGKILL)
-    for e in killed:
+    d.beat.stop(signal.SIGKILL)
+    for e in (*killed, *beat_killed):
         e.started = start
-    others = wait_until_fired(prom, killed)
-    report.rows += killed
-    report.also.append(("the kill of every worker", sorted(others)))
+    others = wait_until_fired(prom, [*killed, *beat_killed])
+    report.rows += [*killed, *beat_killed]
+    report.also.append(("the kill of every worker and of beat", sorted(others)))
+
+    # --- 3g. beat started again on the same schedule file: its alerts resolve, and
+    # no entry is reported overdue (nor pending) for longer than grace and `for`.
+    d.beat.start()
+    beat_alerts = {"CeleryBeatDown", "CeleryBeatEntryOverdue", "CeleryPeriodicTaskNotSucceeded"}
+
+    def beat_quiet() -> bool:
+        return not [a for a in prom.alerts() if a["labels"]["alertname"] in beat_alerts]
+
+    wait_for(beat_quiet, 30, interval=0.5, message="beat's alerts resolved after its restart")
+    quiet_until = time.monotonic() + PERIODIC_GRACE + 3.0 + 4 * SCRAPE
+    while time.monotonic() < quiet_until:
+        assert beat_quiet(), f"a beat alert after the restart: {prom.alerts()}"
+        time.sleep(0.5)
 
     # --- 4a. RabbitMQ: consumers cancelled while the queue grows and ages, and,
     # meanwhile, task names past the small-cap worker's cap.  Celery's
@@ -909,6 +994,64 @@ def test_incidents_fire_their_alerts_and_dashboards_answer(
     assert shipped - {row.alert for row in report.rows} == set()
     unexplained = {o for _, others in report.also for o in others} - set(ECHOES)
     assert unexplained == set(), f"alerts that fired without a reason in ECHOES: {unexplained}"
+
+
+def beat_sends(d: Deployment) -> float:
+    """Sends of both beat entries so far, from beat's own counter."""
+    return d.beat.scrape().sum("celery_beat_entry_sent_total")
+
+
+def quiet_moment(d: Deployment, margin: float = 2.0) -> Any:
+    """Wait until no entry is due within ``margin`` seconds and the worker ran every send;
+    beat's scrape then."""
+
+    def quiet() -> Any:
+        s = d.beat.scrape()
+        now = time.time()
+        dues = [x.value for x in s.find("celery_beat_entry_next_due_timestamp_seconds")]
+        if len(dues) != 2 or min(dues) - now < margin:
+            return None
+        return s
+
+    return wait_for(quiet, 70, interval=0.2, message="no beat entry due for a while")
+
+
+def check_beat_schedule(d: Deployment) -> None:
+    """Beat's metrics against its schedule and against the runs the worker recorded."""
+    s = quiet_moment(d)
+    entries = {x.labels["entry"]: x.labels["task"] for x in s.find("celery_beat_entry_sent_total")}
+    assert entries == {PERIODIC_ENTRY: PERIODIC_TASK, "every-minute": "tests.incr"}
+    assert s.value("celery_beat_up") == 1 and s.value("celery_beat_entries") == 2
+
+    def of(metric: str, entry: str) -> float:
+        value = s.value(metric, entry=entry, task=entries[entry])
+        assert value is not None, (metric, entry)
+        return value
+
+    last = of("celery_beat_entry_last_sent_timestamp_seconds", PERIODIC_ENTRY)
+    due = of("celery_beat_entry_next_due_timestamp_seconds", PERIODIC_ENTRY)
+    # Celery's last run is taken as the send starts; ours, as it returns.
+    assert 4.9 < due - last <= 5.0
+    assert of("celery_beat_entry_period_seconds", PERIODIC_ENTRY) == 5.0
+    minute = of("celery_beat_entry_next_due_timestamp_seconds", "every-minute")
+    assert minute % 60 == 0 and 0 < minute - time.time() <= 60
+    assert of("celery_beat_entry_period_seconds", "every-minute") == 60.0
+    # Every send ran once on the worker (its Redis counters), none failed to send.
+    for entry, key_ in ((PERIODIC_ENTRY, PERIODIC_KEY), ("every-minute", "periodic:every-minute")):
+        sent = of("celery_beat_entry_sent_total", entry)
+        wait_for(lambda k=key_, n=sent: int(d.periodic_client.get(k) or 0) == n, 3,
+                 message=f"{entry}: runs == {sent:.0f} sends")  # fmt: skip
+        assert of("celery_beat_entry_send_errors_total", entry) == 0
+    assert s.sum("csuite_async_obs_instrumentation_errors_total") == 0
+
+
+def stop_periodic_worker(d: Deployment) -> float:
+    """Stop the periodic queue's worker right after it ran a send; beat's sends then."""
+    quiet_moment(d, margin=3.0)
+    wait_for(lambda: d.periodic_client.llen(PERIODIC_QUEUE) == 0, 2, message="periodic queue empty")
+    d.periodic.stop()
+    assert d.periodic_client.llen(PERIODIC_QUEUE) == 0
+    return beat_sends(d)
 
 
 def close_app(app: Celery) -> None:

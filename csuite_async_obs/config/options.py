@@ -85,7 +85,7 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         "CSUITE_METRICS_PORT",
         "--metrics-port",
         _port,
-        "Port of the worker's /metrics exporter; 0 turns the exporter off.",
+        "Port of the /metrics exporter (of the worker, or of beat); 0 turns it off.",
         "PORT",
         beat=True,
     ),
