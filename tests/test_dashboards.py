@@ -319,6 +319,7 @@ REQUIRED_OVERVIEW_PANELS = (
     "Queue wait p50 / p95 / p99", "Queue length", "Oldest message age", "Saturation by worker",
     "Saturation", "Workers up", "Retries by task", "Time-limit kills", "Lost pool children",
     "Top failing tasks", "Top exceptions",
+    "Schedule entries", "Beat up and entries", "Since beat's last tick",
 )  # fmt: skip
 
 

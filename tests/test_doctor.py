@@ -62,6 +62,8 @@ with Connection(sys.argv[1]) as connection:
         "tests.ok", connection=connection, headers={"csuite_published_at": time.time() + 30}
     )
 """
+BEAT_ALERTS = ("CeleryBeatDown", "CeleryBeatEntryOverdue", "CeleryPeriodicTaskNotSucceeded")
+NO_BEAT = "no selectors.beat, and no target served celery_beat_up in the last day"
 QUEUE_ALERTS = {
     "CeleryQueueNotDraining",
     "CeleryQueueBacklogGrowing",
@@ -79,6 +81,35 @@ def _rules() -> tuple[int, set[str]]:
             count += len(group["rules"])
             alerts |= {r["alert"] for r in group["rules"] if "alert" in r}
     return count, alerts
+
+
+def _loaded_groups() -> list[dict[str, Any]]:
+    """The shipped groups as Prometheus's /api/v1/rules lists them."""
+    return [
+        {
+            "name": group["name"],
+            "rules": [
+                {"type": "alerting" if "alert" in r else "recording",
+                 "name": r.get("alert") or r["record"], "query": r["expr"]}
+                for r in group["rules"]
+            ],
+        }
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+    ]  # fmt: skip
+
+
+class FakeAPI(PrometheusAPI):
+    """Answers ``count(...)`` queries: a sample when ``has`` accepts the query's text."""
+
+    def __init__(self, has: Callable[[str], bool]) -> None:
+        super().__init__(doctor.Connection("http://unused"))
+        self.has = has
+        self.asked: list[str] = []
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        self.asked.append(expr)
+        return [{"metric": {}, "value": [0, "1"]}] if self.has(expr) else []
 
 
 def checks(prometheus: PrometheusServer) -> list[Check]:
@@ -214,9 +245,11 @@ def test_healthy_then_clock_skew_then_stale_poll(
         by_name = {c.name: c for c in result}
         rules, alerts = _rules()
         assert by_name["targets"].detail == "1 worker target(s) up and serving our metrics"
-        assert by_name["rules"].detail == f"2 group(s), {rules} rules, healthy and evaluating"
+        assert by_name["rules"].detail == f"3 group(s), {rules} rules, healthy and evaluating"
+        # No celery beat here: its alerts are not applicable, not "can never fire".
         assert by_name["alert series"].detail == (
-            f"all {len(alerts)} alerts have the series they read"
+            f"all {len(alerts) - 3} alerts that apply have the series they read; not "
+            f"applicable without a celery beat target ({NO_BEAT}): " + ", ".join(BEAT_ALERTS)
         )
         ours = [s for s in worker.scrape() if s.name.startswith(("celery_", "csuite_"))]
         assert by_name["series per worker"].detail == (
@@ -387,3 +420,52 @@ def test_unreachable_prometheus_and_bad_selector_exit_2() -> None:
         "csuite-async-obs doctor: monitoring config: selectors.worker = 'job=celery': "
         'expected PromQL label matchers such as job="celery" or job=~"celery-.*"'
     ]
+
+
+# --------------------------------------------------------------------------- beat, without a server
+
+
+def _worker_metric(expr: str) -> bool:
+    return "celery_beat_" not in expr and "up{" not in expr
+
+
+def test_beat_alerts_are_not_applicable_without_a_beat_target() -> None:
+    api = FakeAPI(_worker_metric)
+    [check] = doctor.check_alert_series(api, _loaded_groups(), MonitoringConfig())
+    _, alerts = _rules()
+    assert check.ok, check
+    assert check.detail == (
+        f"all {len(alerts) - 3} alerts that apply have the series they read; not applicable "
+        f"without a celery beat target ({NO_BEAT}): " + ", ".join(BEAT_ALERTS)
+    )
+    assert "count(last_over_time(celery_beat_up[1d]))" in api.asked
+    # With a selector, a target it matches is what counts.
+    config = MonitoringConfig.from_mapping({"selectors": {"beat": 'job="celery-beat"'}})
+    api = FakeAPI(_worker_metric)
+    [check] = doctor.check_alert_series(api, _loaded_groups(), config)
+    assert check.ok and check.detail.endswith(
+        '(up{job="celery-beat"}): ' + ", ".join(BEAT_ALERTS)
+    ), check.detail
+
+
+def test_beat_alerts_apply_with_a_beat_target() -> None:
+    config = MonitoringConfig.from_mapping({"selectors": {"beat": 'job="celery-beat"'}})
+    _, alerts = _rules()
+    # The beat target serves its metrics (a dead beat's count for a day), and no worker
+    # has a last-success series: a task never succeeded can still fire.
+    api = FakeAPI(lambda e: "celery_task_last_success" not in e)
+    assert doctor.check_alert_series(api, _loaded_groups(), config) == [
+        Check("alert series", True, f"all {len(alerts)} alerts have the series they read")
+    ]
+    assert 'count(last_over_time(celery_beat_up{job="celery-beat"}[1d]))' in api.asked
+    # A target the selector matches that serves none of beat's metrics: its alerts cannot fire.
+    api = FakeAPI(lambda e: "celery_beat_" not in e)
+    blind = doctor.check_alert_series(api, _loaded_groups(), config)
+    assert [(c.ok, c.detail) for c in blind] == [
+        (False, "CeleryBeatDown can never fire: no series of celery_beat_up"),
+        (False, "CeleryBeatEntryOverdue can never fire: no series of "
+                "celery_beat_entry_next_due_timestamp_seconds"),
+        (False, "CeleryPeriodicTaskNotSucceeded can never fire: no series of "
+                "celery_beat_entry_last_sent_timestamp_seconds"),
+    ]  # fmt: skip
+    assert all("selectors.beat" in c.fix for c in blind)

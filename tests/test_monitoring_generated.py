@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from csuite_async_obs.metrics.catalog import METRICS
 from csuite_async_obs.monitoring.config import (
     AlertTuning,
     MonitoringConfig,
@@ -38,6 +39,7 @@ CUSTOM = """\
 selectors:
   worker: 'job="prod-workers"'
   exporter: 'job=~"prod-queue-.*"'
+  beat: 'job="prod-beat"'
 cluster_label: cluster
 runbook_url: https://wiki.example.com/celery#
 group_prefix: prod
@@ -92,8 +94,8 @@ def test_custom_config_passes_promtool(custom: tuple[MonitoringConfig, Path]) ->
     result = promtool("check", "rules", *map(str, paths))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == (
-        f"Checking {paths[0]}\n  SUCCESS: 13 rules found\n\n"
-        f"Checking {paths[1]}\n  SUCCESS: 15 rules found\n\n"
+        f"Checking {paths[0]}\n  SUCCESS: 14 rules found\n\n"
+        f"Checking {paths[1]}\n  SUCCESS: 18 rules found\n\n"
     )
 
 
@@ -106,6 +108,7 @@ def test_custom_selectors_go_on_every_raw_series(custom: tuple[MonitoringConfig,
         "celery_queue_length_poll_errors_total",
         "csuite_async_obs_instrumentation_errors_total", "csuite_async_obs_label_overflow_total",
     }  # fmt: skip
+    beat_series = {spec.name for spec in METRICS if spec.process == "beat"}
     seen: set[str] = set()
     for rule in rules_of(rule_files(config)):
         expr = rule["expr"]
@@ -115,6 +118,10 @@ def test_custom_selectors_go_on_every_raw_series(custom: tuple[MonitoringConfig,
             # the queue series also the exporter one (a union).
             occurrences = re.findall(rf"(?<![\w:]){name}(?![\w:])(\{{[^}}]*\}})?", expr)
             assert occurrences, (name, expr)
+            if name in beat_series:
+                # Served by celery beat alone: the beat selector, always.
+                assert occurrences == ['{job="prod-beat"}'] * len(occurrences), (name, expr)
+                continue
             for matchers in occurrences:
                 assert matchers.startswith(('{job="prod-workers"', '{job=~"prod-queue-.*"}')), (
                     rule.get("record") or rule.get("alert"),
@@ -127,6 +134,10 @@ def test_custom_selectors_go_on_every_raw_series(custom: tuple[MonitoringConfig,
             else:
                 assert f'{name}{{job=~"prod-queue-.*"}}' not in expr, expr
     assert "up" in seen and "celery_queue_length" in seen
+    assert beat_series <= seen | {
+        "celery_beat_entries", "celery_beat_entry_period_seconds", "celery_beat_entry_sent_total",
+        "celery_beat_entry_send_errors_total",
+    }  # fmt: skip
 
 
 def test_custom_cluster_label_kept_in_every_aggregation(
@@ -172,7 +183,7 @@ def test_custom_tuning_reaches_the_rules(custom: tuple[MonitoringConfig, Path]) 
     for name, alert in alerts.items():
         assert alert["annotations"]["runbook"] == f"https://wiki.example.com/celery#{name.lower()}"
     groups = [g["name"] for t in rule_files(config).values() for g in yaml.safe_load(t)["groups"]]
-    assert groups == ["prod.recording", "prod.alerts"]
+    assert groups == ["prod.recording", "prod.alerts", "prod.periodic"]
 
 
 def test_custom_cluster_and_selector_in_a_promtool_unit_test(

@@ -101,8 +101,8 @@ def test_exported_rules_from_the_wheel_pass_promtool(installed: Path, tmp_path: 
     )  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout == (
-        f"Checking {recording}\n  SUCCESS: 13 rules found\n\n"
-        f"Checking {alerts}\n  SUCCESS: 16 rules found\n\n"
+        f"Checking {recording}\n  SUCCESS: 14 rules found\n\n"
+        f"Checking {alerts}\n  SUCCESS: 19 rules found\n\n"
     )
 
     # The repo's unit tests, pointed at the exported files.
@@ -114,7 +114,7 @@ def test_exported_rules_from_the_wheel_pass_promtool(installed: Path, tmp_path: 
         document["rule_files"] = [str(recording), str(alerts)]
         (tests / source.name).write_text(yaml.safe_dump(document, sort_keys=False))
     copies = sorted(str(p) for p in tests.glob("*.test.yml"))
-    assert len(copies) == 4
+    assert len(copies) == len(UNIT_TESTS) == 5
     unit = subprocess.run(
         ["promtool", "test", "rules", *copies], capture_output=True, text=True, timeout=300
     )
@@ -136,7 +136,8 @@ def test_demo_from_the_wheel_shows_the_rule_groups_prometheus_loaded(
     [loaded] = [line for line in lines if "rule groups loaded" in line]
     assert loaded == (
         "prometheus: rule groups loaded (read from /api/v1/rules): "
-        "csuite-async-obs.recording (13 rules), csuite-async-obs.alerts (16 rules)"
+        "csuite-async-obs.recording (14 rules), csuite-async-obs.alerts (16 rules), "
+        "csuite-async-obs.periodic (3 rules)"
     ), lines
     assert re.match(
         r"prometheus: http://127\.0\.0\.1:\d+ \(alerts at ", lines[lines.index(loaded) - 1]

@@ -242,6 +242,12 @@ main.add_command(monitoring)
     metavar="MATCHERS",
     help="Label matchers of standalone queue-depth exporters (overrides the config).",
 )
+@click.option(
+    "--beat-selector",
+    default=None,
+    metavar="MATCHERS",
+    help="Label matchers of the celery beat targets (overrides the config).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON document.")
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 300))
 @click.option("--username", default=None, help="Basic auth user.")
@@ -279,6 +285,7 @@ def doctor(
     config_file: str | None,
     selector: str | None,
     exporter_selector: str | None,
+    beat_selector: str | None,
     as_json: bool,
     timeout: float,
     username: str | None,
@@ -318,7 +325,7 @@ def doctor(
         fail(f"--window {window!r}: expected a Prometheus duration such as 1h")
     try:
         config = load_config(config_file)
-        overrides = {"worker": selector, "exporter": exporter_selector}
+        overrides = {"worker": selector, "exporter": exporter_selector, "beat": beat_selector}
         given = {k: v for k, v in overrides.items() if v is not None}
         # Parsed as the config file's selectors are: the same checks, the same message.
         parsed = MonitoringConfig.from_mapping({"selectors": given}).selectors

@@ -21,14 +21,20 @@ Design of the queries (the filters themselves are in :mod:`.queries`):
   the count over every state; those series exist at 0 from worker start, while
   ``celery_task_failed_total{exception}`` appears at a task's first failure and
   is used where the exception class matters.
+* The "Periodic tasks" row reads celery beat's own target (the beat selector):
+  one row per schedule entry, keyed by ``job, entry, task``, with its task's
+  last success and failure on the workers joined on ``name`` (``label_join``
+  copies beat's ``task`` label: no ``$1`` for Grafana to eat).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import heatmap
+from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from .config import MonitoringConfig
@@ -46,7 +52,8 @@ from .panels import (
     row,
     single,
 )
-from .queries import EXECUTIONS, RANGE, RATE, Scope
+from .queries import EXECUTIONS, RANGE, RATE, Scope, series
+from .rules import ALERTS
 
 __all__ = ["OVERVIEW", "TASK", "Board", "overview", "task_dashboard"]
 
@@ -64,16 +71,22 @@ class Board:
     task_uid: str
     title_prefix: str
     tags: tuple[str, ...]
+    #: Seconds past its due time after which an entry is overdue (CeleryBeatEntryOverdue's).
+    overdue_grace: float = 300
 
     @classmethod
     def from_config(cls, config: MonitoringConfig) -> Board:
         settings = config.dashboards
+        grace = config.tuning("CeleryBeatEntryOverdue").threshold
+        if grace is None:
+            grace = ALERTS["CeleryBeatEntryOverdue"].threshold
         return cls(
             Scope.from_config(config),
             settings.uid_prefix + OVERVIEW[0],
             settings.uid_prefix + TASK[0],
             settings.title_prefix,
             settings.tags,
+            float(grace or 0),
         )
 
     def link(self, title: str) -> tuple[str, str, Scope]:
@@ -102,6 +115,7 @@ def overview(b: Board) -> dash.Dashboard:
     d = _overview_latency(d, b)
     d = _overview_queues(d, b)
     d = _overview_workers(d, b)
+    d = _overview_periodic(d, b)
     return _overview_instrumentation(d, b)
 
 
@@ -515,6 +529,127 @@ def _overview_workers(d: dash.Dashboard, b: Board) -> dash.Dashboard:
             ),
         ],
     )
+
+
+def _overview_periodic(d: dash.Dashboard, b: Board) -> dash.Dashboard:
+    """Row "Periodic tasks": beat's entries joined with their task's outcomes, and beat itself."""
+    s = b.s
+    entry = "job, entry, task"
+
+    def beat(metric: str) -> str:
+        return series(metric, s.beat)
+
+    def task_age(gauge: str) -> str:
+        """Seconds since the task of each entry last did ``gauge`` on any worker shown."""
+        entries = (
+            'label_join(\n    ' + s.agg("group", entry)
+            + beat("celery_beat_entry_period_seconds") + '),\n    "name", "", "task"\n  )'
+        )  # fmt: skip
+        return (
+            "time() - "
+            + s.agg("max", entry)
+            + "\n  "
+            + s.agg("max", "name")
+            + f"{gauge}{{{s.worker}}} > 0)\n  * {s.on('name')} group_right ()\n  "
+            + entries
+            + "\n)"
+        )
+
+    def counted(metric: str) -> str:
+        return s.agg("sum", entry) + f"increase({beat(metric)}[{RANGE}]))"
+
+    table = listing(
+        "Schedule entries",
+        "One row per entry of beat's schedule: seconds since beat last sent it (empty "
+        "while never sent) and until it is next due (negative while overdue), its period, "
+        "sends and failed sends in the time range, and its task's seconds since the last "
+        "success and the last failure on the workers (empty while none). State: overdue "
+        f"once more than {b.overdue_grace:g} s past due, as CeleryBeatEntryOverdue reads it.",
+        [
+            query(
+                "time() - "
+                + s.agg("max", entry)
+                + beat("celery_beat_entry_last_sent_timestamp_seconds")
+                + " > 0)",
+                instant=True,
+            ),
+            query(
+                s.agg("max", entry)
+                + beat("celery_beat_entry_next_due_timestamp_seconds")
+                + ") - time()",
+                instant=True,
+            ),
+            query(
+                s.agg("max", entry) + beat("celery_beat_entry_period_seconds") + ")", instant=True
+            ),
+            query(counted("celery_beat_entry_sent_total"), instant=True),
+            query(counted("celery_beat_entry_send_errors_total"), instant=True),
+            query(task_age("celery_task_last_success_timestamp_seconds"), instant=True),
+            query(task_age("celery_task_last_failure_timestamp_seconds"), instant=True),
+            query(
+                s.agg("max", entry)
+                + "time() - "
+                + beat("celery_beat_entry_next_due_timestamp_seconds")
+                + f" > bool {b.overdue_grace:g})",
+                instant=True,
+            ),
+        ],
+        rename={
+            "Value #A": "since last sent",
+            "Value #B": "until next due",
+            "Value #C": "period",
+            "Value #D": "sends",
+            "Value #E": "failed sends",
+            "Value #F": "since task succeeded",
+            "Value #G": "since task failed",
+            "Value #H": "state",
+        },
+        sort_by="state",
+        width=24,
+    ).unit("s")
+    for column in ("sends", "failed sends"):
+        table = table.override_by_name(column, [dm.DynamicConfigValue(id_val="unit", value="none")])
+    state: list[dict[str, Any]] = [
+        {
+            "type": "value",
+            "options": {
+                "0": {"text": "ok", "color": "green", "index": 0},
+                "1": {"text": "overdue", "color": "red", "index": 1},
+            },
+        }
+    ]
+    table = table.override_by_name(
+        "state",
+        [
+            dm.DynamicConfigValue(id_val="unit", value="none"),
+            dm.DynamicConfigValue(id_val="mappings", value=state),
+            dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}),
+        ],
+    )  # fmt: skip
+    return row(
+        d,
+        "Periodic tasks (celery beat)",
+        [
+            table,
+            graph(
+                "Beat up and entries",
+                "1 while a celery beat process runs its scheduler (the series vanishes with "
+                "the process), and the entries of its schedule.",
+                [
+                    query(beat("celery_beat_up"), "up {{instance}}"),
+                    query(beat("celery_beat_entries"), "entries {{instance}}"),
+                ],
+            ),
+            graph(
+                "Since beat's last tick",
+                "Seconds since each beat's last scheduler tick; beat ticks at least every "
+                "beat_max_loop_interval (300 s by default), so more means it hangs.",
+                [query("time() - " + beat("celery_beat_last_tick_timestamp_seconds"),
+                       "{{instance}}")],
+                unit="s",
+            ),
+        ],
+    )  # fmt: skip
 
 
 def _overview_instrumentation(d: dash.Dashboard, b: Board) -> dash.Dashboard:

@@ -7,6 +7,7 @@ Python 3.11+) of the same shape.  Its defaults give the committed ``alerts/`` an
     selectors:
       worker: 'job="celery-workers"'      # label matchers of the worker targets
       exporter: 'job="celery-exporter"'   # of standalone queue-depth exporters
+      beat: 'job="celery-beat"'           # of celery beat (periodic-task alerts)
     cluster_label: cluster                # aggregations keep it; dashboards get a variable
     runbook_url: https://wiki.example.com/celery-runbooks#
     alerts:
@@ -102,14 +103,18 @@ class Selectors:
 
     ``worker`` selects the worker targets (every task, worker and queue metric they
     serve, and ``up`` for the worker-down alerts); ``exporter`` the standalone
-    queue-depth exporters, if any (their queue metrics).  The queue series are read
-    from either, as the union ``(m{worker} or m{exporter})``; with no ``exporter``,
-    from the worker targets alone.  Empty ``worker`` matches every target that
-    serves the metrics, as the default rules do.
+    queue-depth exporters, if any (their queue metrics); ``beat`` the ``celery beat``
+    processes (every ``celery_beat_*`` series, read by the periodic-task alerts and
+    the dashboards' "Periodic tasks" row).  The queue series are read from either
+    worker or exporter, as the union ``(m{worker} or m{exporter})``; with no
+    ``exporter``, from the worker targets alone.  Empty ``worker`` (or ``beat``)
+    matches every target that serves the metrics, as the default rules do: only beat
+    serves ``celery_beat_*``, so the default needs no job name.
     """
 
     worker: str = ""
     exporter: str = ""
+    beat: str = ""
 
 
 @dataclass(frozen=True)
@@ -240,7 +245,7 @@ def _keys(key: str, data: Any, known: set[str]) -> Mapping[str, Any]:
 
 
 def _selectors(data: Any) -> Selectors:
-    data = _keys("selectors", data, {"worker", "exporter"})
+    data = _keys("selectors", data, {"worker", "exporter", "beat"})
     return Selectors(
         **{k: _matchers(f"selectors.{k}", v) for k, v in data.items() if v is not None}
     )

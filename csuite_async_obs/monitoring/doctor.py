@@ -24,7 +24,11 @@ loaded (``/api/v1/rules``: what is loaded, not what a file says) -- and gives on
   name stands for its own expression, recursively.  A needed raw metric with no series
   makes the alert one that cannot fire, reported with the metric (and, for the
   catalog's broker-dependent metrics, which brokers give it).  ``or``/``and``/``unless``
-  inside a function's argument are not split (the operand needs both sides).
+  inside a function's argument are not split (the operand needs both sides).  An alert
+  that needs a metric served by celery beat (the catalog's ``process="beat"``) is not
+  applicable, and passes, where no target matches ``selectors.beat`` (with no selector:
+  no target served ``celery_beat_up`` in the last day); beat's metrics count as present
+  when they had a series in the last day, so a dead beat's alert is not "never fires".
 - **label overflow**, **instrumentation errors**, **clocks**: the increase over
   ``window`` (1 h) of ``csuite_async_obs_label_overflow_total``,
   ``csuite_async_obs_instrumentation_errors_total`` and
@@ -559,8 +563,28 @@ def _missing(
     return absent
 
 
+def _is_beat(metric: str) -> bool:
+    """Whether celery beat (not a worker) serves ``metric``."""
+    spec = SPECS.get(metric)
+    return spec is not None and spec.process == "beat"
+
+
+def _beat_targets(api: PrometheusAPI, config: MonitoringConfig) -> tuple[bool, str]:
+    """(any celery beat target in the last day, what was looked for)."""
+    sel = config.selectors.beat
+    if sel:
+        return bool(api.query(f"count(last_over_time(up{{{sel}}}[1d]))")), f"up{{{sel}}}"
+    found = bool(api.query("count(last_over_time(celery_beat_up[1d]))"))
+    return found, "no selectors.beat, and no target served celery_beat_up in the last day"
+
+
 def _fix_for(metric: str) -> str:
     spec = SPECS.get(metric) or SPECS.get(re.sub(r"_(bucket|sum|count)$", "", metric))
+    if spec is not None and spec.process == "beat":
+        return (
+            f"{metric} comes from celery beat: scrape beat's exporter and give "
+            "selectors.beat (--beat-selector) its matchers"
+        )
     if spec is not None and spec.brokers:
         return f"{metric} comes from {spec.brokers}"
     if metric.startswith("celery_queue_"):
@@ -600,14 +624,33 @@ def check_alert_series(
 
     def present(name: str) -> bool:
         if name not in cache:
+            if _is_beat(name):
+                # A dead beat's alert can fire: its series count for a day.
+                selected = _select(name, config.selectors.beat)
+                cache[name] = bool(api.query(f"count(last_over_time({selected}[1d]))"))
+                return cache[name]
             matchers = _queue_matchers(config) if name.startswith("celery_queue_") else [
                 config.selectors.worker
             ]  # fmt: skip
             cache[name] = bool(api.query(f"count({_any_of(name, matchers)})"))
         return cache[name]
 
+    # Alerts that need a series of celery beat (every metric absent: all they need).
+    on_beat = {
+        str(rule["name"])
+        for rule in alerts
+        if any(_is_beat(m) for m in needed_metrics(str(rule["query"]), lambda _: False, recorded))
+    }
+    inapplicable: list[str] = []
+    where = ""
+    if on_beat:
+        has_beat, where = _beat_targets(api, config)
+        if not has_beat:
+            inapplicable = [str(rule["name"]) for rule in alerts if rule["name"] in on_beat]
     checks = []
     for rule in alerts:
+        if rule["name"] in inapplicable:
+            continue
         missing = needed_metrics(str(rule["query"]), present, recorded)
         if missing:
             names = ", ".join(sorted(missing))
@@ -622,6 +665,16 @@ def check_alert_series(
             )
     if checks:
         return checks
+    if inapplicable:
+        return [
+            Check(
+                "alert series",
+                True,
+                f"all {len(alerts) - len(inapplicable)} alerts that apply have the series "
+                f"they read; not applicable without a celery beat target ({where}): "
+                + ", ".join(inapplicable),
+            )
+        ]
     return [Check("alert series", True, f"all {len(alerts)} alerts have the series they read")]
 
 

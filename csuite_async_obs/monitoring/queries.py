@@ -17,6 +17,12 @@ Which selector filters what (the design choice):
   before); when either is empty it matches any target (empty means "every
   target that serves the metrics"), as the default dashboards do.  They stay
   unfiltered by the ``job`` and ``instance`` variables.
+* **Beat series** (``celery_beat_*``) come from the ``celery beat`` targets, in
+  a job of their own: the beat selector and the cluster filter only (the ``job``
+  and ``instance`` variables list workers).  Where a panel joins a beat entry to
+  its task's worker series, beat's ``task`` label is copied to ``name`` with
+  ``label_join`` (``label_replace`` would need ``$1``, which Grafana's templating
+  replaces).
 * **celery_task_sent_total** is counted by publishers (a web app, beat) in jobs
   of their own: no job selector, the cluster filter only.
 * **The cluster label**, when given: every selector also matches
@@ -56,10 +62,16 @@ class Scope:
     worker_selector: str = ""
     exporter_selector: str = ""
     cluster_label: str | None = None
+    beat_selector: str = ""
 
     @classmethod
     def from_config(cls, config: MonitoringConfig) -> Scope:
-        return cls(config.selectors.worker, config.selectors.exporter, config.cluster_label)
+        return cls(
+            config.selectors.worker,
+            config.selectors.exporter,
+            config.cluster_label,
+            config.selectors.beat,
+        )
 
     # ------------------------------------------------------------------ filters
 
@@ -81,6 +93,11 @@ class Scope:
     @property
     def failed(self) -> str:
         return self.task + ', state="failed"'
+
+    @property
+    def beat(self) -> str:
+        """Series of the celery beat targets (see the module docstring)."""
+        return _join(self.beat_selector, self.cluster)
 
     @property
     def sent(self) -> str:

@@ -12,7 +12,9 @@ differ; ``scripts/generate-rules`` rewrites them).  What a config changes:
   (their ``job``/``instance`` differ).  With no exporter selector the worker
   selector alone picks them; with neither, every target does, as the shipped
   rules always did.  Recorded series (``task:...``) are read without selectors:
-  they exist only for the selected targets.
+  they exist only for the selected targets.  The beat selector goes on every
+  ``celery_beat_*`` series (celery beat is a target of its own; empty matches any
+  target that serves them, and only beat does).
 * **Cluster label.**  Kept in every ``by (...)`` and ``on (...)``, so that the
   aggregates, hence every alert's labels, carry it, and one cluster's workers never
   answer for another's (``on ()`` becomes ``on (cluster)``).
@@ -25,6 +27,9 @@ differ; ``scripts/generate-rules`` rewrites them).  What a config changes:
   polling alert's ``threshold`` (how old a successful poll may be) is also the
   staleness under which the queue recording rules drop a poller's readings.
 * ``runbook_url`` and ``group_prefix``: the ``runbook`` annotations and group names.
+
+The alerts on celery beat and its periodic tasks are a second group in
+``alerts.rules.yml``, ``<group_prefix>.periodic`` (:func:`periodic_alerts`).
 
 The SLO groups of :mod:`.slo` (when that module and ``config.slos`` give any) are a
 third file, ``slo.rules.yml``.
@@ -44,10 +49,12 @@ from .yamltext import Group, Rule, dump_groups
 
 __all__ = [
     "ALERTS",
+    "PERIODIC",
     "TUNABLE",
     "Defaults",
     "alert_groups",
     "all_groups",
+    "periodic_alerts",
     "recording_groups",
     "rule_files",
     "slo_groups",
@@ -83,7 +90,13 @@ ALERTS: Mapping[str, Defaults] = {
     "CeleryQueueDepthPollingFailing": Defaults("warning", "2m", 60, "5m"),
     "CeleryInstrumentationErrors": Defaults("warning", None, 0, "10m"),
     "CeleryMetricsLabelOverflow": Defaults("info", None, 0, "1h"),
+    "CeleryBeatDown": Defaults("critical", "2m", 420, "1d"),
+    "CeleryBeatEntryOverdue": Defaults("warning", "5m", 300, "8d"),
+    "CeleryPeriodicTaskNotSucceeded": Defaults("warning", None, 600, "8d"),
 }
+
+#: The alerts of the periodic group (``<group_prefix>.periodic``): they read celery beat.
+PERIODIC = ("CeleryBeatDown", "CeleryBeatEntryOverdue", "CeleryPeriodicTaskNotSucceeded")
 
 #: What ``threshold`` and ``window`` mean for each alert that has them.
 TUNABLE: Mapping[str, Mapping[str, str]] = {
@@ -128,6 +141,18 @@ TUNABLE: Mapping[str, Mapping[str, str]] = {
         "threshold": "overflows in the window",
         "window": "the range of the increase",
     },
+    "CeleryBeatDown": {
+        "threshold": "seconds since its last tick under which a running beat counts as alive",
+        "window": "how long a job is remembered as having had a beat",
+    },
+    "CeleryBeatEntryOverdue": {
+        "threshold": "grace in seconds past the entry's next due time",
+        "window": "how long the entries of a beat that is gone are judged from their last values",
+    },
+    "CeleryPeriodicTaskNotSucceeded": {
+        "threshold": "grace in seconds a sent task has to succeed (the offset of the send)",
+        "window": "how long a task's last success is remembered (the recording rule's range)",
+    },
 }
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
@@ -158,6 +183,16 @@ def _last(secs: float) -> str:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _duration(secs: float) -> str:
+    """A Prometheus duration for a number of seconds: ``10m`` for 600, ``90s``, ``1500ms``."""
+    if not float(secs).is_integer():
+        return f"{round(secs * 1000)}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size and secs % size == 0:
+            return f"{int(secs // size)}{unit}"
+    return f"{int(secs)}s"
 
 
 def _percent(value: float) -> str:
@@ -209,12 +244,17 @@ class _PromQL:
     def __init__(self, config: MonitoringConfig) -> None:
         self.worker_matchers = config.selectors.worker
         self.exporter_matchers = config.selectors.exporter
+        self.beat_matchers = config.selectors.beat
         self.cluster = config.cluster_label
 
     def worker(self, metric: str, *extra: str) -> str:
         """A series the workers serve, with the worker selector."""
         matchers = [m for m in (self.worker_matchers, *extra) if m]
         return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
+
+    def beat(self, metric: str) -> str:
+        """A series celery beat serves, with the beat selector."""
+        return f"{metric}{{{self.beat_matchers}}}" if self.beat_matchers else metric
 
     def queue(self, metric: str) -> str:
         """A series workers or standalone exporters serve: the union of both selectors."""
@@ -250,6 +290,7 @@ def _windows(config: MonitoringConfig) -> dict[str, str]:
         "rare": _setting(config, "CeleryRareTaskFailed", "window"),
         "draining": _setting(config, "CeleryQueueNotDraining", "window"),
         "wait": _setting(config, "CeleryQueueWaitHigh", "window"),
+        "success": _setting(config, "CeleryPeriodicTaskNotSucceeded", "window"),
     }
 
 
@@ -270,6 +311,7 @@ def _records(config: MonitoringConfig) -> dict[str, str]:
         "wait_p95": f"job_queue:celery_task_queue_wait_seconds:p95_{w['wait']}",
         "saturation": "job:celery_worker_saturation:ratio",
         "workers": "job:celery_worker_up:count",
+        "last_success": f"name:celery_task_last_success_timestamp_seconds:max{w['success']}",
     }
 
 
@@ -288,6 +330,7 @@ Naming follows Prometheus' level:metric:operations convention, where the
 level names the labels kept:
   task      = job, queue_name, name     queue = queue_name
   job_queue = job, queue_name            job   = job
+  name      = name
   a trailing _le keeps the histogram bucket label le
   (and every level the config's cluster label, when it has one)
 The windows in the names are tuning points; see alerts/README.md.
@@ -389,6 +432,17 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
             comment="One series per job while at least one of its workers is scraped: the\n"
             'cheap memory behind "this job had workers" in the worker-down alerts.',
         ),
+        Rule(
+            record=r["last_success"],
+            expr=f"max {q.by('name')} "
+            f"(max_over_time({q.worker('celery_task_last_success_timestamp_seconds')}"
+            f"[{w['success']}]))",
+            section="--- periodic tasks ------------------------------------------------------",
+            comment="The last success of each task on any worker in the last "
+            f"{_last(seconds(w['success']))}: the max over\n"
+            "time, so that a restarted worker (its gauge back at 0 for every task) does\n"
+            "not forget it.  Read by CeleryPeriodicTaskNotSucceeded.",
+        ),
     ]
     return [Group(f"{config.group_prefix}.recording", rules)]
 
@@ -418,7 +472,8 @@ def _alert(
 
 
 def alert_groups(config: MonitoringConfig) -> list[Group]:
-    """The alerting rule group (``<group_prefix>.alerts``), without disabled alerts."""
+    """The alerting rule groups, without disabled alerts: ``<group_prefix>.alerts`` and
+    ``<group_prefix>.periodic`` (the latter left out when all of its alerts are disabled)."""
     validate(config)
     q = _PromQL(config)
     r = _records(config)
@@ -672,7 +727,121 @@ def alert_groups(config: MonitoringConfig) -> list[Group]:
             f"{_last(seconds(win('CeleryMetricsLabelOverflow')))}.",
         ),
     ]
-    return [Group(f"{config.group_prefix}.alerts", _enabled(config, alerts))]
+    groups = [Group(f"{config.group_prefix}.alerts", _enabled(config, alerts))]
+    periodic = _enabled(config, periodic_alerts(config))
+    if periodic:
+        groups.append(Group(f"{config.group_prefix}.periodic", periodic))
+    return groups
+
+
+def periodic_alerts(config: MonitoringConfig) -> list[Rule]:
+    """The alerts on celery beat and its periodic tasks (the ``.periodic`` group), all of them.
+
+    Beat is a scrape target of its own (``selectors.beat``).  Entries are keyed by
+    ``(job, entry, task)``, never by ``instance``: a beat restarted on another host
+    is the same schedule.  Beat's ``task`` label is the workers' ``name`` label; it is
+    copied with ``label_join`` (``label_replace`` would need ``$1``, which Grafana's
+    templating eats where the same text goes into a dashboard).
+    """
+    q = _PromQL(config)
+    r = _records(config)
+
+    def t(alert: str) -> float:
+        return float(_setting(config, alert, "threshold"))
+
+    def win(alert: str) -> str:
+        return str(_setting(config, alert, "window"))
+
+    def for_secs(alert: str) -> float:
+        value = _setting(config, alert, "for")
+        return seconds(value) if value else 0.0
+
+    tick = t("CeleryBeatDown")
+    grace_due = t("CeleryBeatEntryOverdue")
+    grace_run = t("CeleryPeriodicTaskNotSucceeded")
+    live_beat = q.beat("celery_beat_up")
+    sent = (
+        "label_join(\n"
+        f"    max {q.by('job', 'task')} "
+        f"({q.beat('celery_beat_entry_last_sent_timestamp_seconds')} "
+        f"offset {_duration(grace_run)}) > 0,\n"
+        '    "name", "", "task"\n'
+        "  )"
+    )
+    next_due = q.beat("celery_beat_entry_next_due_timestamp_seconds")
+    return [
+        _alert(
+            config,
+            "CeleryBeatDown",
+            f"group {q.by('job')} (last_over_time({live_beat}[{win('CeleryBeatDown')}]))\n"
+            f"unless {q.on('job')}\n"
+            "(\n"
+            f"  {live_beat} == 1\n"
+            f"  and {q.on('job', 'instance')} "
+            f"(time() - {q.beat('celery_beat_last_tick_timestamp_seconds')} < {_num(tick)})\n"
+            ")\n",
+            "No celery beat of job {{ $labels.job }} is running",
+            "No process of job {{ $labels.job }} serves celery_beat_up with a scheduler tick "
+            f"in the last {_last(tick)}, although celery beat ran in it in the last "
+            f"{_last(seconds(win('CeleryBeatDown')))}: beat was killed, hangs, or its target "
+            "is gone. No periodic task is being sent.",
+            section="------------------------------------------------------------ periodic tasks",
+            comment="A job that ran celery beat in the last "
+            f"{_last(seconds(win('CeleryBeatDown')))} and has no beat now that is\n"
+            f"up and ticked within {_num(tick)} s.  celery_beat_up vanishes with the process\n"
+            "(SIGKILL, target down or gone; it is never 0); a hung scheduler stops\n"
+            "ticking (beat ticks at least every beat_max_loop_interval, 300 s by default).",
+        ),
+        _alert(
+            config,
+            "CeleryBeatEntryOverdue",
+            f"time() - max {q.by('job', 'entry', 'task')} (\n"
+            f"  {next_due}\n"
+            "  or\n"
+            "  (\n"
+            f"    last_over_time({next_due}[{win('CeleryBeatEntryOverdue')}])\n"
+            f"    unless {q.on('job')} {live_beat}\n"
+            "  )\n"
+            f") > {_num(grace_due)}\n",
+            "Periodic entry {{ $labels.entry }} ({{ $labels.task }}) is "
+            "{{ $value | humanizeDuration }} past its due time",
+            "Beat entry {{ $labels.entry }} of job {{ $labels.job }} has been more than "
+            f"{_span(grace_due)} past its due time, unsent, for "
+            f"{_span(for_secs('CeleryBeatEntryOverdue'))}: task {{{{ $labels.task }}}} is not "
+            "sent on its schedule. While no beat of the job runs, its entries are judged "
+            "from their last values.",
+            comment="A running beat's entries are read as they are now (an entry removed\n"
+            "from its schedule is gone at once); while the job has no beat running\n"
+            "(SIGKILL: the series vanish), from their last values in the last\n"
+            f"{_last(seconds(win('CeleryBeatEntryOverdue')))}, so that its entries still fall due.  Keyed by job, not instance: a beat\n"
+            "restarted elsewhere is the same schedule.",
+        ),
+        _alert(
+            config,
+            "CeleryPeriodicTaskNotSucceeded",
+            "(\n"
+            f"  {sent}\n"
+            f"  > {q.on('name')} group_left ()\n"
+            f"  {r['last_success']}\n"
+            ")\n"
+            "or\n"
+            "(\n"
+            f"  {sent}\n"
+            f"  unless {q.on('name')}\n"
+            f"  {r['last_success']}\n"
+            ")\n",
+            "Periodic task {{ $labels.name }} has not succeeded since beat last sent it",
+            "Beat (job {{ $labels.job }}) last sent {{ $labels.name }} at "
+            f"{{{{ $value | humanizeTimestamp }}}}, more than {_span(grace_run)} ago, and no "
+            "worker has seen it succeed since: it failed, is still waiting or running, or was "
+            "lost. A task that no worker registered counts as never succeeded.",
+            comment=f"Beat's last send of the task as of {_span(grace_run)} ago (offset), later "
+            "than its\n"
+            "last success on any worker (the recorded max over "
+            f"{_span(seconds(win('CeleryPeriodicTaskNotSucceeded')))}), or a task\n"
+            "no worker has a success series of.  Entries never sent (0) never fire.",
+        ),
+    ]
 
 
 def _enabled(config: MonitoringConfig, alerts: Sequence[Rule]) -> list[Rule]:
