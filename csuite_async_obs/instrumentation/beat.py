@@ -106,7 +106,7 @@ class BeatHooks:
             try:
                 result = original(entry, *args, **kwargs)
             except BaseException:
-                self._record(self.state.failed, entry)
+                self._record(self.state.failed, entry, time.time())
                 raise
             self._record(self.state.sent, entry, time.time())
             return result

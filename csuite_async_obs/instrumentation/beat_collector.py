@@ -42,6 +42,10 @@ class _Counts:
     sent: float = 0.0
     errors: float = 0.0
     last_sent: float | None = None  # observed by this process
+    #: The first failed send since the last one that went out.  Celery moves an
+    #: entry's last run on a failed send as on a good one; the entry is still due
+    #: from then, so its next due time stays there until a send goes out.
+    failing_since: float | None = None
 
 
 @dataclass
@@ -71,10 +75,14 @@ class BeatState:
             counts = self._count(self.key(entry))
             counts.sent += 1
             counts.last_sent = at
+            counts.failing_since = None
 
-    def failed(self, entry: Any) -> None:
+    def failed(self, entry: Any, at: float) -> None:
         with self._lock:
-            self._count(self.key(entry)).errors += 1
+            counts = self._count(self.key(entry))
+            counts.errors += 1
+            if counts.failing_since is None:
+                counts.failing_since = at
 
     def refresh(self, entries: Iterable[Any], now: float | None = None) -> None:
         """Rebuild the snapshot from the scheduler's entries (beat's thread)."""
@@ -93,10 +101,13 @@ class BeatState:
                 self._count(key)
         self.rows = tuple(rows.values())
 
-    def counts(self) -> dict[Key, tuple[float, float, float]]:
-        """(sent, failed sends, last send this process saw) per entry."""
+    def counts(self) -> dict[Key, tuple[float, float, float, float | None]]:
+        """(sent, failed sends, last send this process saw, failing since) per entry."""
         with self._lock:
-            return {key: (c.sent, c.errors, c.last_sent or 0.0) for key, c in self._counts.items()}
+            return {
+                key: (c.sent, c.errors, c.last_sent or 0.0, c.failing_since)
+                for key, c in self._counts.items()
+            }
 
 
 def _row(key: Key, times: EntryTimes, other: EntryRow | None) -> EntryRow:
@@ -143,17 +154,20 @@ class BeatCollector(Collector):
         listed = {row.key for row in rows}
         for row in rows:
             labels = values(*row.key)
-            n_sent, n_errors, seen = counts.get(row.key, (0.0, 0.0, 0.0))
+            n_sent, n_errors, seen, failing_since = counts.get(row.key, (0.0, 0.0, 0.0, None))
             last_sent.add_metric(labels, max(row.last_sent, seen))
-            if row.next_due is not None:
-                next_due.add_metric(labels, row.next_due)
+            due = row.next_due
+            if failing_since is not None:
+                due = failing_since if due is None else min(due, failing_since)
+            if due is not None:
+                next_due.add_metric(labels, due)
             if row.period is not None:
                 period.add_metric(labels, row.period)
             # An entry's counters exist from its first snapshot, at 0.
             sent.add_metric(labels, n_sent)
             errors.add_metric(labels, n_errors)
         # Counters of entries that left the schedule stay: a counter does not go back.
-        for key, (n_sent, n_errors, _) in counts.items():
+        for key, (n_sent, n_errors, _, _) in counts.items():
             if key not in listed:
                 sent.add_metric(values(*key), n_sent)
                 errors.add_metric(values(*key), n_errors)
