@@ -109,6 +109,10 @@ def test_custom_selectors_go_on_every_raw_series(custom: tuple[MonitoringConfig,
         "csuite_async_obs_instrumentation_errors_total", "csuite_async_obs_label_overflow_total",
     }  # fmt: skip
     beat_series = {spec.name for spec in METRICS if spec.process == "beat"}
+    # Served by every process the package runs in, beat included.
+    package_series = {
+        "csuite_async_obs_instrumentation_errors_total", "csuite_async_obs_label_overflow_total",
+    }  # fmt: skip
     seen: set[str] = set()
     for rule in rules_of(rule_files(config)):
         expr = rule["expr"]
@@ -122,8 +126,12 @@ def test_custom_selectors_go_on_every_raw_series(custom: tuple[MonitoringConfig,
                 # Served by celery beat alone: the beat selector, always.
                 assert occurrences == ['{job="prod-beat"}'] * len(occurrences), (name, expr)
                 continue
+            allowed = ('{job="prod-workers"', '{job=~"prod-queue-.*"}')
+            if name in package_series:
+                assert f'{name}{{job="prod-beat"}}' in expr, expr
+                allowed += ('{job="prod-beat"}',)
             for matchers in occurrences:
-                assert matchers.startswith(('{job="prod-workers"', '{job=~"prod-queue-.*"}')), (
+                assert matchers.startswith(allowed), (
                     rule.get("record") or rule.get("alert"),
                     name,
                     expr,

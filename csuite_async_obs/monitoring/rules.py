@@ -269,6 +269,19 @@ class _PromQL:
             return worker
         return f"({worker} or {function}({metric}{{{self.exporter_matchers}}}[{window}]))"
 
+    def package_range(self, function: str, metric: str, window: str) -> str:
+        """``function(metric[window])`` over every process the package runs in: the
+        workers, the standalone exporters and celery beat (each selector that is set)."""
+        selectors = [self.worker_matchers]
+        for matchers in (self.exporter_matchers, self.beat_matchers):
+            if matchers and matchers not in selectors:
+                selectors.append(matchers)
+        terms = [
+            f"{function}({metric}{{{m}}}[{window}])" if m else f"{function}({metric}[{window}])"
+            for m in selectors
+        ]
+        return terms[0] if len(terms) == 1 else "(" + " or ".join(terms) + ")"
+
     def labels(self, *names: str) -> str:
         kept = [self.cluster, *names] if self.cluster else list(names)
         return ", ".join(kept)
@@ -705,7 +718,7 @@ def alert_groups(config: MonitoringConfig) -> list[Group]:
             config,
             "CeleryInstrumentationErrors",
             f"sum {q.by('job', 'instance', 'hook')} (\n"
-            f"  {q.queue_range('increase', 'csuite_async_obs_instrumentation_errors_total', win('CeleryInstrumentationErrors'))}\n"
+            f"  {q.package_range('increase', 'csuite_async_obs_instrumentation_errors_total', win('CeleryInstrumentationErrors'))}\n"
             f") > {_num(t('CeleryInstrumentationErrors'))}\n",
             "csuite-async-obs caught errors in its {{ $labels.hook }} hook on "
             "{{ $labels.instance }}",
@@ -719,7 +732,7 @@ def alert_groups(config: MonitoringConfig) -> list[Group]:
             config,
             "CeleryMetricsLabelOverflow",
             f"sum {q.by('job', 'instance', 'label')} (\n"
-            f"  {q.queue_range('increase', 'csuite_async_obs_label_overflow_total', win('CeleryMetricsLabelOverflow'))}\n"
+            f"  {q.package_range('increase', 'csuite_async_obs_label_overflow_total', win('CeleryMetricsLabelOverflow'))}\n"
             f") > {_num(t('CeleryMetricsLabelOverflow'))}\n",
             "Label {{ $labels.label }} reached its cardinality cap on {{ $labels.instance }}",
             'New values of label {{ $labels.label }} are being reported as "other": more '
