@@ -85,7 +85,9 @@ def test_every_promised_series_exists_before_the_first_task(workers: Any, env: A
     absent = set(VIRTUAL_ABSENT) if env else {CONSUMERS}
     for spec in METRICS:
         promise = spec.zero_initialised
-        if spec.process != "worker" or not promise.startswith(("yes", "0 until", "reported from the first")):
+        if spec.process != "worker" or not promise.startswith(
+            ("yes", "0 until", "reported from the first")
+        ):
             continue
         name = spec.name + ("_count" if spec.type == "histogram" else "")
         if spec.name in absent:
