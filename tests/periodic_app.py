@@ -1,7 +1,9 @@
 """A beat schedule for the periodic-task tests: ``celery -A tests.periodic_app beat``.
 
 ``PERIODIC_SCHEDULER`` picks the scheduler class (Celery's PersistentScheduler by
-default); ``PERIODIC_FAIL=1`` makes the interval entry's task fail on every run.
+default); ``PERIODIC_FAIL=1`` makes the interval entry's task fail on every run;
+``PERIODIC_INTERVAL`` is the interval entry's period (seconds); ``PERIODIC_REDBEAT_URL``
+is RedBeat's Redis (``redbeat_redis_url``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ celery_app.conf.beat_schedule = {
 }
 if os.environ.get("PERIODIC_SCHEDULER"):
     celery_app.conf.beat_scheduler = os.environ["PERIODIC_SCHEDULER"]
+if os.environ.get("PERIODIC_REDBEAT_URL"):
+    celery_app.conf.redbeat_redis_url = os.environ["PERIODIC_REDBEAT_URL"]
 
 
 class ReloadingScheduler(Scheduler):

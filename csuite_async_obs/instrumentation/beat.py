@@ -69,6 +69,9 @@ class BeatHooks:
         redbeat = getattr(scheduler.app, "redbeat_conf", None) is not None
         self._interval = REDBEAT_REFRESH_INTERVAL if redbeat else REFRESH_INTERVAL
         self._originals: dict[str, Any] = {}
+        #: The methods that were instance attributes already (someone else's
+        #: wrapper): put back on uninstall, where the others are only removed.
+        self._own: dict[str, Any] = {}
 
     def install(self) -> None:
         scheduler = self.scheduler
@@ -79,6 +82,8 @@ class BeatHooks:
         ):
             original = getattr(scheduler, name)
             self._originals[name] = original
+            if name in vars(scheduler):
+                self._own[name] = original
             setattr(scheduler, name, wrap(original))
         self.state.running = True
         self.state.last_tick = time.time()
@@ -86,8 +91,12 @@ class BeatHooks:
 
     def uninstall(self) -> None:
         for name in self._originals:
-            self.scheduler.__dict__.pop(name, None)
+            if name in self._own:
+                setattr(self.scheduler, name, self._own[name])
+            else:
+                self.scheduler.__dict__.pop(name, None)
         self._originals.clear()
+        self._own.clear()
 
     def refresh(self, force: bool = False) -> None:
         now = time.time()
@@ -103,12 +112,16 @@ class BeatHooks:
     def _wrap_apply_async(self, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         def apply_async(entry: Any, *args: Any, **kwargs: Any) -> Any:
+            # The time the send began, as the scheduler's store keeps it (its
+            # last_run_at is set just before): a slow publish, or a restart that
+            # reads the store back, does not move the last send.
+            started = time.time()
             try:
                 result = original(entry, *args, **kwargs)
             except BaseException:
                 self._record(self.state.failed, entry, time.time())
                 raise
-            self._record(self.state.sent, entry, time.time())
+            self._record(self.state.sent, entry, started)
             return result
 
         return apply_async

@@ -58,6 +58,9 @@ class BeatState:
     running: bool = False
     last_tick: float = 0.0
     rows: tuple[EntryRow, ...] = ()
+    #: Entries in the schedule at the last snapshot: more than ``rows`` when entries
+    #: past the cap share the row ``other``, or an odd entry has none.
+    size: int = 0
     _counts: dict[Key, _Counts] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,7 +91,9 @@ class BeatState:
         """Rebuild the snapshot from the scheduler's entries (beat's thread)."""
         now = time.time() if now is None else now
         rows: dict[Key, EntryRow] = {}
+        size = 0
         for entry in entries:
+            size += 1
             try:
                 key = self.key(entry)
                 times = entry_times(entry, now)
@@ -100,6 +105,7 @@ class BeatState:
             for key in rows:
                 self._count(key)
         self.rows = tuple(rows.values())
+        self.size = size
 
     def counts(self) -> dict[Key, tuple[float, float, float, float | None]]:
         """(sent, failed sends, last send this process saw, failing since) per entry."""
@@ -145,7 +151,7 @@ class BeatCollector(Collector):
         tick = self._gauge("celery_beat_last_tick_timestamp_seconds")
         tick.add_metric(values(), state.last_tick)
         size = self._gauge("celery_beat_entries")
-        size.add_metric(values(), len(rows))
+        size.add_metric(values(), state.size)
         last_sent = self._gauge("celery_beat_entry_last_sent_timestamp_seconds")
         next_due = self._gauge("celery_beat_entry_next_due_timestamp_seconds")
         period = self._gauge("celery_beat_entry_period_seconds")

@@ -1,7 +1,7 @@
 """What one beat schedule entry says about itself: last run, next due time, period.
 
 Only Celery's public schedule interface is used (``ScheduleEntry.last_run_at``,
-``total_run_count``, ``schedule.remaining_estimate`` and ``is_due``), which the
+``total_run_count``, ``schedule.remaining_estimate``, ``is_due`` and ``nowfun``), which the
 interval, crontab and solar schedules implement and every scheduler's entries
 (Celery's, django-celery-beat's, RedBeat's) carry, so that no scheduler class is
 relied on.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery.schedules import schedule as interval_schedule
@@ -43,13 +43,48 @@ def _timestamp(schedule: Any, moment: datetime) -> float:
     return float(schedule.maybe_make_aware(moment).timestamp())
 
 
+def _frozen(schedule: Any, instant: float) -> tuple[Any, list[bool]] | None:
+    """A shallow copy of ``schedule`` whose clock (``nowfun``) is stopped at ``instant``,
+    and a list that the clock appends to when read; ``None`` if it cannot be copied."""
+    read: list[bool] = []
+    moment = datetime.fromtimestamp(instant, tz=timezone.utc)
+
+    def now() -> datetime:
+        read.append(True)
+        return moment
+
+    try:
+        tz = schedule.tz
+        if tz is not None:  # as app.now() gives it: in the app's timezone
+            moment = moment.astimezone(tz)
+        frozen = object.__new__(type(schedule))
+        # Not copy.copy: Celery's schedules pickle without their app (and timezone).
+        frozen.__dict__.update(vars(schedule))
+        frozen.nowfun = now
+    except Exception:  # noqa: BLE001 -- a schedule of the user's own: the clock method
+        return None
+    return frozen, read
+
+
 def _due_after(schedule: Any, after: datetime) -> float | None:
     """Unix time of the first due time after ``after`` (in the past: overdue).
 
-    ``remaining_estimate`` answers relative to the clock it reads itself: the
-    midpoint of two readings around it, rounded to the millisecond, gives the
-    absolute time back (a crontab's whole minutes exactly).
+    ``remaining_estimate`` answers relative to the schedule's own clock: it is
+    asked on a copy whose clock is stopped at a known instant, which gives the
+    due time back exactly (a crontab's whole minutes, an interval's last run plus
+    its period), however loaded the machine.  A schedule that does not read its
+    clock through ``now()`` is answered relative to the midpoint of two clock
+    readings around the call, rounded to the millisecond.
     """
+    instant = time.time()
+    frozen = _frozen(schedule, instant)
+    if frozen is not None:
+        copy, read = frozen
+        remaining = copy.remaining_estimate(after)
+        if not isinstance(remaining, timedelta):
+            return None
+        if read:
+            return float((datetime.fromtimestamp(instant, tz=timezone.utc) + remaining).timestamp())
     before = time.time()
     remaining = schedule.remaining_estimate(after)
     later = time.time()

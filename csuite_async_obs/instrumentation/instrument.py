@@ -272,7 +272,7 @@ class Instrumentation:
         return state.running, {
             "beat_running": state.running,
             "seconds_since_tick": round(time.time() - state.last_tick, 3),
-            "entries": len(state.rows),
+            "entries": state.size,
         }
 
     def worker_stopped(self) -> None:
