@@ -97,7 +97,7 @@ def _settled(
     truth: Callable[[], T],
     agrees: Callable[[Samples, T], bool],
     timeout: float = 25.0,
-    margin: float = 1.0,
+    margin: float | None = 1.0,
 ) -> tuple[Samples, T]:
     """A scrape of beat and ``truth()`` taken together at a quiet moment.
 
@@ -105,17 +105,22 @@ def _settled(
     scrapes the same sends and failed sends again after ``truth()`` was read (no
     send in between), and ``truth()`` has caught up with the scrape before the
     next due time (a worker runs a task some milliseconds after beat sends it).
+    ``margin=None`` while sends fail (the exported next due times stay at the first
+    failed attempt): then only the two scrapes around ``truth()`` must agree.
     At the deadline, the last pair read is returned for the caller's asserts.
     """
     deadline = time.monotonic() + timeout
     last: tuple[Samples, T] | None = None
     while time.monotonic() < deadline:
         first = beat.scrape()
-        dues = [s.value for s in first.find(NEXT_DUE)]
-        if not dues or min(dues) - time.time() < margin:
-            time.sleep(0.05)
-            continue
-        window_end = min(dues) - 0.2
+        if margin is None:
+            window_end = time.time() + 0.5
+        else:
+            dues = [s.value for s in first.find(NEXT_DUE)]
+            if not dues or min(dues) - time.time() < margin:
+                time.sleep(0.05)
+                continue
+            window_end = min(dues) - 0.2
         while True:
             value = truth()
             last = (first, value)
@@ -344,12 +349,19 @@ def test_broker_down_counts_failed_sends_and_beat_stays_up(
             return _value(beat.scrape(), ERRORS, "every-5s") or 0
 
         wait_for(lambda: failed() >= 1, 20, message="a failed send")
-        tick = beat.scrape().value("celery_beat_last_tick_timestamp_seconds")
+        first = beat.scrape()
+        tick = first.value("celery_beat_last_tick_timestamp_seconds")
         wait_for(lambda: failed() >= 2, 20, message="a second failed send")
+        # Failed sends do not move the next due time: it stays at the first failed
+        # attempt (Celery's own schedule moved on), in the past: the entry is overdue.
+        due = _value(first, NEXT_DUE, "every-5s")
+        assert _value(beat.scrape(), NEXT_DUE, "every-5s") == due
+        assert due is not None and due < time.time() - INTERVAL
         s, log = _settled(
             beat,
             beat.log,
             lambda s, log: all(_message_errors(log, e) == _counts(s, ERRORS)[e] for e in KEYS),
+            margin=None,
         )
         assert {e: _message_errors(log, e) for e in KEYS} == _counts(s, ERRORS)
         assert _counts(s) == sent_before
@@ -372,6 +384,8 @@ def test_broker_down_counts_failed_sends_and_beat_stays_up(
         )
         # Every send counted since the broker came back is a message in its queue.
         assert sum(_counts(s).values()) - sum(sent_before.values()) == n
+        # Back on Celery's schedule: the next due is ahead again.
+        assert (_value(s, NEXT_DUE, "every-5s") or 0) > time.time() - 1
         assert {e: _message_errors(beat.log(), e) for e in KEYS} == _counts(s, ERRORS)
         _no_instrumentation_errors(s)
         client.close()
@@ -597,6 +611,11 @@ def test_entries_past_the_cap_are_other(created_metrics_back: None) -> None:
     # A send of a folded entry is counted under "other" (one more overflow).
     scheduler.apply_async(scheduler.schedule[sorted(folded)[0]])
     assert _get(inst, SENT, entry="other", task="t.x") == 1
+    assert _get(inst, "csuite_async_obs_label_overflow_total", label="entry") == 3
+    # Snapshots count a folded entry once, not once each: nothing more without a send.
+    assert inst.beat is not None
+    for _ in range(3):
+        inst.beat.refresh(force=True)
     assert _get(inst, "csuite_async_obs_label_overflow_total", label="entry") == 3
     assert _get(inst, "csuite_async_obs_instrumentation_errors_total", hook="beat") == 0
     assert uninstrument(app)

@@ -17,13 +17,14 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..metrics.catalog import SPECS
+from ..metrics.catalog import OTHER, SPECS
 from ..metrics.const_labels import ConstLabels
 from .beat_schedule import EntryTimes, entry_times
 
 __all__ = ["BeatCollector", "BeatState", "EntryRow"]
 
 Key = tuple[str, str]  # (entry label, task label)
+_MAX_FOLDED = 10_000  # names remembered as folded: a schedule's size, not a stream
 Guard = Callable[[str], str]
 
 
@@ -63,9 +64,20 @@ class BeatState:
     size: int = 0
     _counts: dict[Key, _Counts] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Entry names past the cap, already counted once as an overflow.
+    _folded: set[str] = field(default_factory=set)
 
-    def key(self, entry: Any) -> Key:
-        return (self.guard_entry(str(entry.name)), self.guard_task(str(entry.task)))
+    def key(self, entry: Any, event: bool = True) -> Key:
+        """The bounded labels of ``entry``.  A send (``event``) past the cap counts in
+        the overflow counter like any event; a snapshot counts a folded entry once."""
+        name = str(entry.name)
+        if not event and name in self._folded:
+            label = OTHER
+        else:
+            label = self.guard_entry(name)
+            if label == OTHER and name != OTHER and len(self._folded) < _MAX_FOLDED:
+                self._folded.add(name)
+        return (label, self.guard_task(str(entry.task)))
 
     def _count(self, key: Key) -> _Counts:
         counts = self._counts.get(key)
@@ -95,7 +107,7 @@ class BeatState:
         for entry in entries:
             size += 1
             try:
-                key = self.key(entry)
+                key = self.key(entry, event=False)
                 times = entry_times(entry, now)
             except Exception as exc:  # noqa: BLE001 -- one odd entry costs its own row
                 self.on_error(exc)

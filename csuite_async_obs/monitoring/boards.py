@@ -540,7 +540,8 @@ def _overview_periodic(d: dash.Dashboard, b: Board) -> dash.Dashboard:
         return series(metric, s.beat)
 
     def task_age(gauge: str) -> str:
-        """Seconds since the task of each entry last did ``gauge`` on any worker shown."""
+        """Seconds since the task of each entry last did ``gauge`` on any worker shown,
+        in the time range (the max over it: a worker restarted since starts at 0)."""
         entries = (
             'label_join(\n    ' + s.agg("group", entry)
             + beat("celery_beat_entry_period_seconds") + '),\n    "name", "", "task"\n  )'
@@ -550,7 +551,8 @@ def _overview_periodic(d: dash.Dashboard, b: Board) -> dash.Dashboard:
             + s.agg("max", entry)
             + "\n  "
             + s.agg("max", "name")
-            + f"{gauge}{{{s.worker}}} > 0)\n  * {s.on('name')} group_right ()\n  "
+            + f"max_over_time({gauge}{{{s.worker}}}[{RANGE}]) > 0)\n  * {s.on('name')} "
+            + "group_right ()\n  "
             + entries
             + "\n)"
         )
@@ -563,7 +565,8 @@ def _overview_periodic(d: dash.Dashboard, b: Board) -> dash.Dashboard:
         "One row per entry of beat's schedule: seconds since beat last sent it (empty "
         "while never sent) and until it is next due (negative while overdue), its period, "
         "sends and failed sends in the time range, and its task's seconds since the last "
-        "success and the last failure on the workers (empty while none). State: overdue "
+        "success and the last failure on the workers in the time range (empty while none; "
+        "a worker restarted since keeps them). State: overdue "
         f"once more than {b.overdue_grace:g} s past due, as CeleryBeatEntryOverdue reads it.",
         [
             query(
