@@ -694,7 +694,12 @@ def test_rabbitmq_restarted_under_load(
                    for _ in range(n_tasks)]  # fmt: skip
         wait_for(lambda: len(_files(marks)) >= n_tasks // 3, 120, message="a third executed")
         poller.start()
-        prefetched_before = rabbitmq_server.list_queues(vhost)[Q]["messages_unacknowledged"]
+        # From the management API (counts at most stats_interval_ms, 500 ms, old), not
+        # rabbitmqctl: that starts an Erlang VM, seconds on a loaded machine, long
+        # enough for the rest of the run to finish before the outage (seen: 200 of
+        # 200 run, nothing unacknowledged or redelivered at the SIGKILL).
+        queue = rabbitmq_server.api(f"queues/{vhost}/{Q}")
+        prefetched_before = int(queue.get("messages_unacknowledged", 0))
         rabbitmq_server.stop(kill=kill)
         killed_at = time.monotonic()
         with poller.explained(worker):
@@ -708,19 +713,33 @@ def test_rabbitmq_restarted_under_load(
                      and poller.health_seen(200, restarted_at), 120,
                      message="consumer back, /healthz 200")  # fmt: skip
 
+        # Why the last look was not settled yet: the timeout message says it.
+        last: dict[str, Any] = {}
+
         def settled() -> Samples | None:
             _worker_running(worker)
+            last.clear()
             live = rabbitmq_server.list_queues(vhost).get(Q)
+            last["live"] = live
             if live is None or live["messages_ready"] or live["messages_unacknowledged"]:
                 return None
             s = scrape(worker.url + "/metrics")
-            if s.value("celery_worker_prefetched_tasks") != 0:
-                return None
+            prefetched = s.value("celery_worker_prefetched_tasks")
             active = s.value("celery_worker_tasks_active") or 0
             finished = s.sum("celery_task_runtime_seconds_count", name="tests.mark")
-            return s if active == 0 and finished == len(_files(marks)) else None
+            executions = len(_files(marks))
+            last.update(prefetched=prefetched, active=active, finished=finished,
+                        executions=executions)  # fmt: skip
+            if prefetched != 0:
+                return None
+            return s if active == 0 and finished == executions else None
 
-        s = wait_for(settled, 180, interval=0.5, message="queue drained and counters settled")
+        try:
+            s = wait_for(settled, 180, interval=0.5, message="queue drained and counters settled")
+        except TimeoutError as exc:
+            raise AssertionError(
+                f"{exc}; last look: {last}\n--- worker log ---\n{worker.log()[-6000:]}"
+            ) from None
         poller.stop()
         assert poller.failures == []
 

@@ -11,6 +11,7 @@ import collections
 import contextlib
 import json
 import re
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from csuite_async_obs.instrumentation.instrument import instrument, uninstrument
 from csuite_async_obs.instrumentation.queue_names import resolve, topic_matches
 from csuite_async_obs.servers.rabbitmq_server import RabbitMQServer
 
-from .support import Worker, topic_queues, wait_for
+from .support import Worker, http_status, topic_queues, wait_for
 
 
 def _val(samples: Any, metric: str, **labels: str) -> float:
@@ -194,14 +195,32 @@ def _deliveries(log: str) -> tuple[collections.Counter[str], collections.Counter
 
 
 def _holding(worker: Worker) -> Any:
-    """Wait until the worker runs the blocker and holds the three others prefetched."""
+    """Wait until the worker runs the blocker, holds the three others prefetched, and
+    has counted the blocker started.
+
+    Both happen in the worker's main process, one after the other: Celery's
+    ``Request.on_accepted`` marks the request active first (``task_accepted``), then
+    acknowledges the message and sends its event, and only then does our
+    ``on_accepted`` count it started.  The exporter thread can scrape in between
+    (1 active, 0 started), more often on a loaded machine (the acknowledgement is a
+    socket write, which lets other threads run): a scrape of gauges and counters is
+    no snapshot.  The state waited for is the one after both.
+    """
 
     def held() -> Any:
         s = worker.scrape()
-        pair = (s.value("celery_worker_tasks_active"), s.value("celery_worker_prefetched_tasks"))
-        return s if pair == (1, 3) else None
+        state = (s.value("celery_worker_tasks_active"), s.value("celery_worker_prefetched_tasks"),
+                 s.sum("celery_task_started_total"))  # fmt: skip
+        return s if state == (1, 3, 1) else None
 
-    return wait_for(held, 30, message="1 active and 3 prefetched")
+    return wait_for(held, 30, message="1 active, 3 prefetched and 1 started")
+
+
+def _consuming(worker: Worker) -> bool:
+    try:
+        return http_status(worker.url + "/healthz") == 200
+    except OSError:  # the exporter is gone: it stops after the consumer
+        return False
 
 
 def _balance(s: Any) -> float:
@@ -214,18 +233,25 @@ def _balance(s: Any) -> float:
 
 
 def test_redelivery_after_rabbitmq_restart(
-    rabbitmq_server: RabbitMQServer, rabbitmq_vhost: str, rabbitmq_workers: Any
+    rabbitmq_server: RabbitMQServer,
+    rabbitmq_vhost: str,
+    rabbitmq_workers: Any,
+    redis_client: redis.Redis,
 ) -> None:
     vhost = rabbitmq_vhost.rsplit("/", 1)[1]
     # prefork, one process, prefetch 4: the blocker runs, three wait in the worker.
+    # The blocker is a gate the test opens once the broker is back: a fixed sleep
+    # (3 s) could end before the checks below on a loaded machine (seen: every
+    # message acknowledged by the time rabbitmqctl answered).
+    gate = "redelivery:rabbitmq:gate"
     worker = rabbitmq_workers(pool="prefork", concurrency=1)
     publisher = Celery("redelivery-publisher", set_as_current=False)
     with publisher.connection_for_write(rabbitmq_vhost) as connection:
-        publisher.send_task("tests.sleep", args=(3.0,), connection=connection)
+        publisher.send_task("tests.gate", args=(gate,), connection=connection)
         for i in range(3):
             publisher.send_task("tests.ok", args=(i,), connection=connection)
     s = _holding(worker)
-    assert _val(s, "celery_task_received_total", name="tests.sleep", queue_name="celery") == 1
+    assert _val(s, "celery_task_received_total", name="tests.gate", queue_name="celery") == 1
     assert _val(s, "celery_task_received_total", name="tests.ok", queue_name="celery") == 3
     assert _balance(s) == 0
     assert rabbitmq_server.list_queues(vhost)["celery"]["messages_unacknowledged"] == 3
@@ -234,6 +260,7 @@ def test_redelivery_after_rabbitmq_restart(
     # are delivered again, flagged redelivered.
     rabbitmq_server.stop(kill=True)
     rabbitmq_server.start()
+    redis_client.set(gate, 1)
 
     def settled() -> Any:
         queues = rabbitmq_server.list_queues(vhost)
@@ -258,10 +285,11 @@ def test_redelivery_after_rabbitmq_restart(
     assert _val(s, "celery_task_received_total", **labels) == first["tests.ok"] == 3
     assert _val(s, "celery_task_redelivered_total", **labels) == again["tests.ok"] == 3
     assert _val(s, "celery_task_started_total", **labels) == 3
-    sleep = {"name": "tests.sleep", "queue_name": "celery"}
-    assert _val(s, "celery_task_received_total", **sleep) == first["tests.sleep"] == 1
-    assert _val(s, "celery_task_redelivered_total", **sleep) == again["tests.sleep"] == 0
-    assert _val(s, "celery_task_started_total", **sleep) == 1
+    blocker = {"name": "tests.gate", "queue_name": "celery"}
+    assert _val(s, "celery_task_received_total", **blocker) == first["tests.gate"] == 1
+    assert _val(s, "celery_task_redelivered_total", **blocker) == again["tests.gate"] == 0
+    assert _val(s, "celery_task_started_total", **blocker) == 1
+    assert _val(s, "celery_task_succeeded_total", **blocker) == 1
     assert _balance(s) == 0, report
     assert s.sum("csuite_async_obs_instrumentation_errors_total") == 0
 
@@ -273,13 +301,20 @@ def test_redelivery_after_redis_warm_shutdown(workers: Any, redis_client: redis.
     # four prefetch slots (a stray message on "celery" would take one).
     q = "redelivery.redis"
     first_worker = workers(pool="prefork", concurrency=1, args=("-Q", q))
-    t.sleep.apply_async(args=(3.0,), queue=q)
+    gate = "redelivery:redis:gate"  # the blocker runs until the test opens it
+    t.gate.apply_async(args=(gate,), queue=q)
     ids = [t.ok.apply_async(args=(i,), queue=q).id for i in range(3)]
     s1 = _holding(first_worker)
     assert _val(s1, "celery_task_received_total", name="tests.ok", queue_name=q) == 3
     assert _balance(s1) == 0
-    # Warm shutdown: the blocker finishes; kombu restores the three prefetched
-    # messages to the queue, marked redelivered.
+    # Warm shutdown while the blocker runs: the consumer stops (/healthz 503, then
+    # the exporter goes: it stops before the pool) and no prefetched task reaches
+    # the pool any more; then the gate opens and the blocker finishes.  Kombu
+    # restores the three prefetched messages to the queue, marked redelivered.
+    assert first_worker.process is not None
+    first_worker.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: not _consuming(first_worker), 30, message="first worker stopped consuming")
+    redis_client.set(gate, 1)
     first_worker.stop()
     restored = [json.loads(raw) for raw in redis_client.lrange(q, 0, -1)]
     assert sorted(m["headers"]["id"] for m in restored) == sorted(ids)

@@ -61,6 +61,20 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+@async_task(name="tests.gate")
+def gate(key: str, timeout: float = 60.0) -> bool:
+    """Runs until the test sets ``key`` in its Redis (at most ``timeout`` seconds): a
+    blocker that outlasts whatever the test does meanwhile, on any machine's speed.
+    Whether it was opened, not timed out."""
+    client = _redis()
+    deadline = time.monotonic() + timeout
+    while not client.exists(key):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 @async_task(name="tests.started_at")
 def started_at() -> float:
     """Returns the wall-clock time it started (ground truth for queue wait)."""
