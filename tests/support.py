@@ -9,7 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -74,69 +74,53 @@ def base_env(broker: str, backend: str, **extra: str) -> dict[str, str]:
     return env
 
 
-class Worker:
-    """A ``celery worker`` subprocess with its exporter on a free loopback port."""
+_S = TypeVar("_S", bound="Served")
 
-    def __init__(
-        self,
-        env: dict[str, str],
-        log_dir: Path,
-        *,
-        pool: str = "solo",
-        concurrency: int = 1,
-        args: tuple[str, ...] = (),
-        metrics_port: int | None = None,
-        app: str = "csuite_async_obs.worker",
-        name: str | None = None,
-        cwd: Path | None = None,
-    ) -> None:
+
+class Served:
+    """A Celery process (``celery worker`` or ``celery beat``) started from a command,
+    with its exporter on ``port`` of the loopback interface and its log in a file."""
+
+    what = "process"
+
+    def __init__(self, env: dict[str, str], cmd: list[str], port: int, log_path: Path,
+                 cwd: Path | None = None) -> None:  # fmt: skip
         self.env = env
-        self.pool = pool
-        self.port = metrics_port if metrics_port is not None else free_port()
-        self.hostname = name or f"w{self.port}@localhost"
-        self.log_path = log_dir / f"worker-{self.port}.log"
+        self.cmd = cmd
+        self.port = port
+        self.log_path = log_path
         self.cwd = cwd or ROOT
-        self.cmd = worker_command(
-            app,
-            pool=pool,
-            concurrency=concurrency,
-            hostname=self.hostname,
-            metrics_port=self.port,
-            extra=["--without-gossip", "--without-mingle", "--without-heartbeat", *args],
-            python=PYTHON,
-        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True, timeout: float = 60.0) -> Worker:
+    def start(self: _S, wait: bool = True, timeout: float = 60.0) -> _S:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in stop()
         self.process = subprocess.Popen(
-            self.cmd,
-            env=self.env,
-            cwd=self.cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            self.cmd, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
-        )
+        )  # fmt: skip
         if wait:
             self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until ``/healthz`` answers 200; fail with the log's tail if the process exits."""
+
         def ready() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
                 # pytest.fail is not an Exception: wait_for does not swallow it.
-                pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+                code = self.process.returncode
+                pytest.fail(f"{self.what} exited with {code}:\n{self.log()[-4000:]}")
             return http_status(self.url + "/healthz") == 200
 
         try:
-            wait_for(ready, timeout, message=f"worker {self.hostname} /healthz")
+            wait_for(ready, timeout, message=f"{self.what} on {self.url} /healthz")
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n--- worker log ---\n{self.log()[-4000:]}") from None
+            raise AssertionError(f"{exc}\n--- {self.what} log ---\n{self.log()[-4000:]}") from None
 
     def scrape(self) -> Samples:
         return scrape(self.url + "/metrics")
@@ -153,13 +137,46 @@ class Worker:
         return self.process.pid
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        """Stop the worker (warm shutdown by default) and make sure its process group is gone."""
+        """Stop the process (SIGTERM: a warm shutdown; beat saves its schedule) and make
+        sure its process group is gone."""
         process, self.process = self.process, None
         if process is None:
             return None
         code = stop_process(process, sig, timeout)
         self._log.close()
         return code
+
+
+class Worker(Served):
+    """A ``celery worker`` subprocess with its exporter on a free loopback port."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        pool: str = "solo",
+        concurrency: int = 1,
+        args: tuple[str, ...] = (),
+        metrics_port: int | None = None,
+        app: str = "csuite_async_obs.worker",
+        name: str | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        port = metrics_port if metrics_port is not None else free_port()
+        self.pool = pool
+        self.hostname = name or f"w{port}@localhost"
+        self.what = f"worker {self.hostname}"
+        cmd = worker_command(
+            app,
+            pool=pool,
+            concurrency=concurrency,
+            hostname=self.hostname,
+            metrics_port=port,
+            extra=["--without-gossip", "--without-mingle", "--without-heartbeat", *args],
+            python=PYTHON,
+        )
+        super().__init__(env, cmd, port, log_dir / f"worker-{port}.log", cwd)
 
 
 def topic_queues() -> tuple[Any, ...]:
@@ -176,8 +193,10 @@ def topic_queues() -> tuple[Any, ...]:
     )
 
 
-class Beat:
+class Beat(Served):
     """A ``celery beat`` subprocess, instrumented, with its exporter on a free loopback port."""
+
+    what = "beat"
 
     def __init__(
         self,
@@ -189,57 +208,11 @@ class Beat:
         args: tuple[str, ...] = (),
         metrics_port: int | None = None,
     ) -> None:
-        self.env = env
-        self.port = metrics_port if metrics_port is not None else free_port()
-        self.log_path = log_dir / f"beat-{self.port}.log"
+        port = metrics_port if metrics_port is not None else free_port()
         self.schedule_file = schedule_file or log_dir / "beat-schedule"
-        self.cmd = [
+        cmd = [
             PYTHON, "-m", "celery", "-A", app, "beat", "-l", "INFO",
-            "-s", str(self.schedule_file), "--metrics-port", str(self.port),
+            "-s", str(self.schedule_file), "--metrics-port", str(port),
             "--metrics-addr", "127.0.0.1", *args,
         ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait: bool = True, timeout: float = 60.0) -> Beat:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- closed in stop()
-        self.process = subprocess.Popen(
-            self.cmd, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        if wait:
-            self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        def ready() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"beat exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-            return http_status(self.url + "/healthz") == 200
-
-        try:
-            wait_for(ready, timeout, message="beat /healthz")
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n--- beat log ---\n{self.log()[-4000:]}") from None
-
-    def scrape(self) -> Samples:
-        return scrape(self.url + "/metrics")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        """Stop beat (SIGTERM: it saves its schedule; SIGKILL: it cannot)."""
-        process, self.process = self.process, None
-        if process is None:
-            return None
-        code = stop_process(process, sig, timeout)
-        self._log.close()
-        return code
+        super().__init__(env, cmd, port, log_dir / f"beat-{port}.log")

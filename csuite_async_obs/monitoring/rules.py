@@ -40,7 +40,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -236,6 +236,24 @@ def _setting(config: MonitoringConfig, alert: str, knob: str) -> Any:
     if value is not None:
         return value
     return getattr(ALERTS[alert], "for_" if knob == "for" else knob)
+
+
+def _knobs(
+    config: MonitoringConfig,
+) -> tuple[Callable[[str], float], Callable[[str], str], Callable[[str], float]]:
+    """An alert's threshold, window and ``for`` (in seconds, 0 without) in ``config``."""
+
+    def threshold(alert: str) -> float:
+        return float(_setting(config, alert, "threshold"))
+
+    def window(alert: str) -> str:
+        return str(_setting(config, alert, "window"))
+
+    def for_seconds(alert: str) -> float:
+        value = _setting(config, alert, "for")
+        return seconds(value) if value else 0.0
+
+    return threshold, window, for_seconds
 
 
 class _PromQL:
@@ -490,16 +508,7 @@ def alert_groups(config: MonitoringConfig) -> list[Group]:
     validate(config)
     q = _PromQL(config)
     r = _records(config)
-
-    def t(alert: str) -> float:
-        return float(_setting(config, alert, "threshold"))
-
-    def win(alert: str) -> str:
-        return str(_setting(config, alert, "window"))
-
-    def for_secs(alert: str) -> float:
-        value = _setting(config, alert, "for")
-        return seconds(value) if value else 0.0
+    t, win, for_secs = _knobs(config)
 
     job_on = q.on("job")
     task_on = q.on("job", "queue_name", "name")
@@ -758,16 +767,7 @@ def periodic_alerts(config: MonitoringConfig) -> list[Rule]:
     """
     q = _PromQL(config)
     r = _records(config)
-
-    def t(alert: str) -> float:
-        return float(_setting(config, alert, "threshold"))
-
-    def win(alert: str) -> str:
-        return str(_setting(config, alert, "window"))
-
-    def for_secs(alert: str) -> float:
-        value = _setting(config, alert, "for")
-        return seconds(value) if value else 0.0
+    t, win, for_secs = _knobs(config)
 
     tick = t("CeleryBeatDown")
     grace_due = t("CeleryBeatEntryOverdue")
