@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .beat_collector import BeatState
+from .beat_schedule import entry_times
 
 __all__ = ["BeatHooks", "scheduler_entries"]
 
@@ -116,15 +117,26 @@ class BeatHooks:
             # last_run_at is set just before): a slow publish, or a restart that
             # reads the store back, does not move the last send.
             started = time.time()
+            # The due time this send is for (the entry as it was before the send), which
+            # the exported next due keeps while sends fail; the start if it has none.
+            due = self._due(entry, started)
             try:
                 result = original(entry, *args, **kwargs)
             except BaseException:
-                self._record(self.state.failed, entry, time.time())
+                self._record(self.state.failed, entry, due)
                 raise
             self._record(self.state.sent, entry, started)
             return result
 
         return apply_async
+
+    def _due(self, entry: Any, default: float) -> float:
+        try:
+            due = entry_times(entry, default).next_due
+        except Exception as exc:  # noqa: BLE001 -- the send goes on without it
+            self._fail("beat", exc)
+            return default
+        return default if due is None else min(due, default)
 
     def _record(self, record: Callable[..., None], entry: Any, *args: Any) -> None:
         try:
