@@ -21,6 +21,12 @@
   private ``rabbitmq-server`` node: the management API reader (one request for
   every queue) against the passive-declare fallback (one round trip per queue);
   reads whose lengths all equal the published counts are counted.
+* ``render`` -- the text render of ``--names`` task names (default profile), with the
+  values in the package's value store and, forced off (``CSUITE_COMPAT_FALLBACKS=
+  value_store``), in prometheus_client's own value objects: ``--renders`` renders with
+  nothing changed since the last, with 10 tasks run between two, and with every name
+  run between two; level-1 gzip of the body; every render's samples compared with
+  ``generate_latest`` of the same registry.
 
 Each prints one JSON object on stdout.  A subprocess per measurement keeps the
 global Celery signal handlers of one from running in another.
@@ -478,9 +484,86 @@ def rabbitmq_depth(queues: int, reads: int) -> dict[str, Any]:
         server.close()
 
 
+def render(names: int, renders: int) -> dict[str, Any]:
+    import gzip
+    import random
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from csuite_async_obs import compat
+    from csuite_async_obs.metrics.task_metrics import TaskMetrics
+
+    def samples(text: bytes) -> list[tuple[str, tuple[tuple[str, str], ...], str]]:
+        return sorted(
+            (s.name, tuple(sorted(s.labels.items())), repr(s.value))
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples
+            if not s.name.endswith("_created")
+        )
+
+    def ms(values: list[float]) -> dict[str, float]:
+        return {
+            "median": round(statistics.median(values) * 1e3, 3),
+            "p99": round(percentile(values, 99) * 1e3, 3),
+        }
+
+    out: dict[str, Any] = {"names": names, "renders": renders}
+    for mode, forced in (("value_store", ""), ("value_objects", "value_store")):
+        os.environ[compat.FORCE_VARIABLE] = forced
+        compat.reset_paths()
+        registry = CollectorRegistry()
+        metrics = TaskMetrics(registry)
+        series = [metrics.task(f"bench.task{i:04d}", "celery") for i in range(names)]
+        exposition = metrics.exposition()
+        rng = random.Random(1)
+
+        def run(chosen: list[Any], rng: random.Random = rng) -> None:
+            for s in chosen:
+                s.inc_received()
+                s.observe_wait(rng.lognormvariate(-3, 1))
+                s.inc_started()
+                s.observe_runtime["succeeded"](rng.lognormvariate(-1.6, 1))
+                s.inc_succeeded()
+
+        run(series)
+        body = exposition.render()
+        row: dict[str, Any] = {
+            "stores_values": any(f.store is not None for f in metrics.families),
+            "body_bytes": len(body),
+            "series": sum(1 for line in body.splitlines() if not line.startswith(b"#")),
+        }
+        exact = True
+        for case, chosen in (("unchanged", 0), ("10 tasks", min(10, names)), ("every name", names)):
+            times = []
+            for _ in range(renders):
+                run(rng.sample(series, chosen))
+                gc.disable()
+                started = time.perf_counter()
+                body = exposition.render()
+                times.append(time.perf_counter() - started)
+                gc.enable()
+            exact = exact and samples(body) == samples(generate_latest(registry))
+            row[case] = ms(times)
+        zipped = []
+        for _ in range(renders):
+            started = time.perf_counter()
+            gzip.compress(body, compresslevel=1)
+            zipped.append(time.perf_counter() - started)
+        row["gzip"] = ms(zipped)
+        row["samples_equal_generate_latest"] = exact
+        out[mode] = row
+    os.environ.pop(compat.FORCE_VARIABLE, None)
+    compat.reset_paths()
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inproc")
-    parser.add_argument("name", choices=("hookpath", "publish", "queuedepth", "rabbitmqdepth"))
+    parser.add_argument(
+        "name", choices=("hookpath", "publish", "queuedepth", "rabbitmqdepth", "render")
+    )
     parser.add_argument("--message-file")
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--blocks", type=int, default=10)
@@ -489,7 +572,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--broker")
     parser.add_argument("--queues", type=int, default=200)
     parser.add_argument("--polls", type=int, default=50)
+    parser.add_argument("--names", type=int, default=500)
+    parser.add_argument("--renders", type=int, default=200)
     parser.add_argument("--core", type=int)
+    parser.add_argument("--out", help="also write the result, stamped with the run, to this file")
     args = parser.parse_args(argv)
     if args.core is not None:
         os.sched_setaffinity(0, {args.core})
@@ -500,10 +586,20 @@ def main(argv: list[str] | None = None) -> None:
         result = publish(args.calls, args.block)
     elif args.name == "rabbitmqdepth":
         result = rabbitmq_depth(args.queues, args.polls)
+    elif args.name == "render":
+        result = render(args.names, args.renders)
     else:
         with open(args.message_file) as f:
             result = queuedepth(args.broker, args.queues, args.polls, f.read())
     json.dump(result, sys.stdout)
+    if args.out:
+        from .run import stamp
+
+        command = "python -m benchmarks.inproc " + " ".join(argv or sys.argv[1:])
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stamped = {**stamp(command, args.name, None), "result": result}
+        out.write_text(json.dumps(stamped, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -182,6 +182,20 @@ def _git() -> str:
     return f"{head} ({'clean checkout' if not changed else f'{len(changed)} uncommitted paths'})"
 
 
+def stamp(command: str, mode: str, redis_binary: str | None) -> dict[str, Any]:
+    """What a results file says of its run: date, command, mode, commit, package digest,
+    machine and interpreter."""
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "mode": mode,
+        "git": _git(),
+        "package_digest": package_digest(),
+        "machine": machine_info(redis_binary),
+        "python_executable": sys.executable,
+    }
+
+
 def package_digest() -> str:
     """A digest of the package's source files: which code a result was measured on."""
     digest = hashlib.sha256()
@@ -211,15 +225,7 @@ def run(
     log_dir = Path(tempfile.mkdtemp(prefix="csuite-bench-logs-"))
     server = RedisServer()
     results: dict[str, Any] = {
-        "stamp": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": command,
-            "mode": profile.name,
-            "git": _git(),
-            "package_digest": package_digest(),
-            "machine": machine_info(server.binary),
-            "python_executable": sys.executable,
-        },
+        "stamp": stamp(command, profile.name, server.binary),
         "config": {"profile": profile.__dict__, "sections": list(sections)},
         "ab": [],
     }

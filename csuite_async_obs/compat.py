@@ -30,6 +30,8 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Any
 
 __all__ = [
@@ -40,8 +42,10 @@ __all__ = [
     "RedisLayout",
     "Shim",
     "consumer_tag_queues",
+    "counter_columns",
     "counter_incrementer",
     "counter_values",
+    "histogram_columns",
     "histogram_observer",
     "histogram_values",
     "in_memory_values",
@@ -54,6 +58,7 @@ __all__ = [
     "request_cancelled",
     "rpc_records_consumer_states",
     "uses_private",
+    "with_child_keys",
     "worker_task_counts",
 ]
 
@@ -94,12 +99,7 @@ def _memory_metric(make: Callable[[], Any]) -> Any:
     chosen = getattr(values, "ValueClass", None)
     if chosen is None or chosen is getattr(values, "MutexValue", None):
         return make()
-    with _VALUE_CLASS_LOCK:
-        values.ValueClass = values.MutexValue
-        try:
-            return make()
-        finally:
-            values.ValueClass = chosen
+    return _swap_value_class(make, values.MutexValue)
 
 
 def _probe_counter_value() -> bool:
@@ -149,6 +149,33 @@ def _probe_value_class() -> bool:
     from prometheus_client import values
 
     return hasattr(values, "ValueClass") and hasattr(values, "MutexValue")
+
+
+def _probe_value_store() -> bool:
+    """prometheus_client builds a child's values through ``values.ValueClass`` with the
+    arguments the package's slot values expect, and reads them back through them."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, values
+
+    made: list[tuple[str, tuple[str, ...], Any]] = []
+
+    def record(typ: str, metric: str, name: str, names: Any, labels: Any, *a: Any, **k: Any) -> Any:
+        value = values.MutexValue(typ, metric, name, names, labels, *a, **k)
+        made.append((name, tuple(labels), value))
+        return value
+
+    counter = Counter("probe", "probe", ["l"], registry=CollectorRegistry())
+    _swap_value_class(lambda: counter.labels("x"), record)
+    histogram = Histogram("probe", "probe", ["l"], buckets=(1.0,), registry=CollectorRegistry())
+    _swap_value_class(lambda: histogram.labels("x"), record)
+    counter.labels("x").inc(2)
+    histogram.labels("x").observe(0.5)
+    shapes = sorted((name, labels, value.get()) for name, labels, value in made)
+    return shapes == [
+        ("probe_bucket", ("x", "+Inf"), 0.0),
+        ("probe_bucket", ("x", "1.0"), 1.0),
+        ("probe_sum", ("x",), 0.5),
+        ("probe_total", ("x",), 2.0),
+    ]
 
 
 def _probe_scheduled_requests() -> bool:
@@ -251,11 +278,25 @@ SHIMS: dict[str, Shim] = {
             "value_class",
             "prometheus_client",
             "0.20.0, 0.22.1, 0.26.0",
-            "values.ValueClass, swapped for values.MutexValue while a package metric is "
-            "built, so that PROMETHEUS_MULTIPROC_DIR never makes it file-backed",
+            "values.ValueClass, swapped for the building thread only while a package metric "
+            "is built (values.MutexValue, or the value store's slots), so that "
+            "PROMETHEUS_MULTIPROC_DIR never makes it file-backed",
             "the value class prometheus_client chose (in memory unless "
             "PROMETHEUS_MULTIPROC_DIR is set; logged)",
             _probe_value_class,
+        ),
+        Shim(
+            "value_store",
+            "prometheus_client",
+            "0.20.0, 0.22.1, 0.26.0",
+            "values.ValueClass as a package metric's child is built (called once per value "
+            "with the metric's name, the value's sample name and label values: a counter's "
+            "_total, a histogram's _sum and one _bucket per bound with le last), so that "
+            "every value of a metric sits in one flat array the exposition copies at once; "
+            "with _metrics and _lock, read as the metric removes children so that the store "
+            "forgets the same ones",
+            "one prometheus_client value object per series, read one by one at a scrape",
+            _probe_value_store,
         ),
         Shim(
             "scheduled_requests",
@@ -545,28 +586,62 @@ def histogram_observer(child: Any) -> Callable[[float], None]:
     return observe
 
 
-def in_memory_values(init: Callable[[], None]) -> None:
-    """Run a metric's ``_metric_init`` with in-memory values (shim ``value_class``).
+def in_memory_values(init: Callable[[], Any], value_class: Callable[..., Any] | None = None) -> Any:
+    """Run a metric's ``_metric_init`` (or build a child) with in-memory values (shim
+    ``value_class``): ``value_class`` if given, else ``values.MutexValue``.
 
     prometheus_client gives every metric file-backed values when
     ``PROMETHEUS_MULTIPROC_DIR`` is set as it is imported; the package's metrics
-    are served by the process that owns them, so they never use files.
+    are served by the process that owns them, so they never use files.  The class is
+    swapped for this thread only: a metric another thread builds meanwhile gets the
+    class prometheus_client chose.
     """
     if not uses_private("value_class"):
-        init()
-        return
+        return init()
     from prometheus_client import values
 
-    if values.ValueClass is values.MutexValue:
-        init()
-        return
+    make = value_class or values.MutexValue
+    if make is values.MutexValue and values.ValueClass is values.MutexValue:
+        return init()
+    return _swap_value_class(init, make)
+
+
+def _swap_value_class(init: Callable[[], Any], make: Callable[..., Any]) -> Any:
+    """``init()`` with ``make`` as the value class of this thread.  The class restored
+    after is read under the lock: read before it, it could be another thread's swap,
+    restored for good."""
+    from prometheus_client import values
+
+    owner = threading.get_ident()
     with _VALUE_CLASS_LOCK:
         chosen = values.ValueClass
-        values.ValueClass = values.MutexValue
+
+        def for_this_thread(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == owner:
+                return make(*args, **kwargs)
+            return chosen(*args, **kwargs)
+
+        values.ValueClass = for_this_thread
         try:
-            init()
+            return init()
         finally:
             values.ValueClass = chosen
+
+
+def with_child_keys(metric: Any, then: Callable[[list[tuple[str, ...]]], None]) -> None:
+    """``then(label values of the metric's children, in order)``, called while the metric
+    cannot add or remove a child (its ``_lock``, shim ``family_internals``; without it,
+    the keys are read from its samples and a concurrent change may be missed)."""
+    if uses_private("family_internals"):
+        with metric._lock:
+            then(list(metric._metrics))
+        return
+    seen: dict[tuple[str, ...], None] = {}
+    for family in metric.collect():
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k != "le"}
+            seen.setdefault(tuple(labels.values()), None)
+    then(list(seen))
 
 
 def counter_values(metric: Any) -> list[tuple[tuple[str, ...], float]]:
@@ -580,6 +655,43 @@ def counter_values(metric: Any) -> list[tuple[tuple[str, ...], float]]:
             if not sample.name.endswith("_created"):
                 out.append((tuple(sample.labels.values()), float(sample.value)))
     return out
+
+
+# C-level getters: the renderer reads some 25,000 floats a scrape, and a Python loop
+# per child was most of its time (prometheus_client 0.20 to 0.26 attribute names).
+_KEY = itemgetter(0)
+_CHILD = itemgetter(1)
+_COUNTER_VALUE = attrgetter("_value._value")
+_BUCKETS = attrgetter("_buckets")
+_RAW = attrgetter("_value")
+_SUM = attrgetter("_sum._value")
+
+
+def counter_columns(metric: Any) -> tuple[list[tuple[str, ...]], list[float]]:
+    """:func:`counter_values` as two parallel lists, ``(label values, values)``."""
+    if uses_private("family_internals") and uses_private("counter_value"):
+        items = list(metric._metrics.items())
+        return list(map(_KEY, items)), list(map(_COUNTER_VALUE, map(_CHILD, items)))
+    pairs = counter_values(metric)
+    return [key for key, _ in pairs], [value for _, value in pairs]
+
+
+def histogram_columns(
+    metric: Any,
+) -> tuple[list[tuple[str, ...]], list[float], list[float]]:
+    """:func:`histogram_values` as ``(label values, per-bucket counts of every child one
+    after the other, sums)``: each child has as many counts as the metric has bounds."""
+    if uses_private("family_internals") and uses_private("histogram_internals"):
+        items = list(metric._metrics.items())
+        children = list(map(_CHILD, items))
+        flat = list(map(_RAW, chain.from_iterable(map(_BUCKETS, children))))
+        return list(map(_KEY, items)), flat, list(map(_SUM, children))
+    pairs = histogram_values(metric)
+    return (
+        [key for key, _ in pairs],
+        [count for _, counts in pairs for count in counts[:-1]],
+        [counts[-1] for _, counts in pairs],
+    )
 
 
 def histogram_values(metric: Any) -> list[tuple[tuple[str, ...], list[float]]]:

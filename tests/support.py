@@ -61,8 +61,25 @@ def alive(pid: int) -> bool:
         return False
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without any ``CELERY_*`` or ``CSUITE_*`` variable."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CSUITE_"))}
+
+
+def run_benchmark(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks.<args>`` from the checkout, in :func:`clean_env`."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def base_env(broker: str, backend: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CSUITE_"))}
+    env = clean_env()
     env.update(
         CELERY_BROKER_URL=broker,
         CELERY_RESULT_BACKEND=backend,

@@ -101,7 +101,8 @@ def _settled(
 ) -> tuple[Samples, T]:
     """A scrape of beat and ``truth()`` taken together at a quiet moment.
 
-    Quiet: every entry's next due time is ``margin`` s away at the scrape, beat
+    Quiet: every entry's next due time is ``margin`` s away at the scrape (or
+    more than a second past: a failed send's, kept until the next one), beat
     scrapes the same sends and failed sends again after ``truth()`` was read (no
     send in between), and ``truth()`` has caught up with the scrape before the
     next due time (a worker runs a task some milliseconds after beat sends it).
@@ -117,10 +118,14 @@ def _settled(
             window_end = time.time() + 0.5
         else:
             dues = [s.value for s in first.find(NEXT_DUE)]
-            if not dues or min(dues) - time.time() < margin:
+            now = time.time()
+            # A due time more than a second past is an entry whose send failed: its
+            # next send is a period later, and the two scrapes below would see it.
+            upcoming = [due for due in dues if due > now - 1.0]
+            if not dues or (upcoming and min(upcoming) - now < margin):
                 time.sleep(0.05)
                 continue
-            window_end = min(dues) - 0.2
+            window_end = min(upcoming) - 0.2 if upcoming else now + 0.5
         while True:
             value = truth()
             last = (first, value)

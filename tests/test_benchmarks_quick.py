@@ -11,13 +11,10 @@ installed.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from .support import ROOT
+from .support import run_benchmark
 
 POOLS = ("solo", "prefork", "threads")
 CASES = ("plain", "package", "hooks", "events", "flower", "otel")
@@ -32,16 +29,8 @@ def _measured_or_reason(section: dict[str, Any], *keys: str) -> bool:
 
 
 def test_quick_run_writes_every_case(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CSUITE_"))}
     out = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=340,
-    )
+    proc = run_benchmark("benchmarks.run", "--quick", "--out", str(out), timeout=340)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     data = json.loads((out / "results.json").read_text())
@@ -105,3 +94,19 @@ def test_quick_run_writes_every_case(tmp_path: Path) -> None:
     assert len(goals) >= 8
     assert all(g["verdict"] for g in data["goals"])
     assert "## Goals" in markdown
+
+
+def test_render_benchmark_compares_both_value_paths() -> None:
+    """``python -m benchmarks.inproc render`` (its committed run is in
+    results/render/): both value paths measured, the same text, every render exact."""
+    proc = run_benchmark(
+        "benchmarks.inproc", "render", "--names", "20", "--renders", "3", timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    stored, objects = result["value_store"], result["value_objects"]
+    assert (stored["stores_values"], objects["stores_values"]) == (True, False)
+    assert stored["series"] == objects["series"] and stored["body_bytes"] == objects["body_bytes"]
+    for row in (stored, objects):
+        assert row["samples_equal_generate_latest"] is True
+        assert set(row) >= {"unchanged", "10 tasks", "every name", "gzip"}

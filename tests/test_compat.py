@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -195,3 +197,68 @@ def test_private_and_fallback_hot_paths_agree(forced: Any) -> None:
     assert [(n, labels) for n, labels, _ in private] == [(n, labels) for n, labels, _ in fallback]
     for (_, _, a), (_, _, b) in zip(private, fallback, strict=True):
         assert a == b or (a != a and b != b)  # the sum is NaN on both paths
+
+
+def test_value_class_is_swapped_for_the_building_thread_only(forced: Any) -> None:
+    """A metric another thread builds while a package child is built keeps the value
+    class prometheus_client chose, and the package's values land in its store."""
+    from prometheus_client import CollectorRegistry, Counter, values
+
+    from csuite_async_obs.config.options import ObsSettings
+    from csuite_async_obs.metrics.task_metrics import TaskMetrics
+    from csuite_async_obs.metrics.value_store import SlotValue
+
+    assert forced(None)["value_store"] == "private"
+    foreign = Counter("foreign", "built by another thread", ["l"], registry=CollectorRegistry())
+    built: list[Any] = []
+
+    def build_foreign() -> None:
+        built.append(foreign.labels("x"))
+
+    def init_building_another() -> None:
+        thread = threading.Thread(target=build_foreign)
+        thread.start()
+        thread.join()
+
+    compat.in_memory_values(init_building_another, lambda *a, **k: pytest.fail("not this thread"))
+    assert type(built[0]._value) is values.ValueClass
+    metrics = TaskMetrics(CollectorRegistry(), ObsSettings())
+    series = metrics.task("a", "q")
+    assert isinstance(series.received._value, SlotValue)
+    series.received.inc(2)
+    series.inc_received()
+    # One class per kind for every TaskMetrics: a class per metric (thousands in a process
+    # with many) made each first isinstance() against prometheus_client's ABCs walk them.
+    kinds = {type(f.metric) for f in metrics.families}
+    assert kinds == {type(metrics.received), type(metrics.runtime), type(metrics.last_success)}
+    again = TaskMetrics(CollectorRegistry(), ObsSettings())
+    assert {type(f.metric) for f in again.families} == kinds
+    store = next(f.store for f in metrics.families if f.metric is metrics.received)
+    assert store is not None and store.items() == [(("a", "q"), [3.0])]
+    # Label values are keyed as prometheus_client keys them (str), on the hot path too.
+    metrics.task("b", 5).inc_received()  # type: ignore[arg-type]
+    assert store.items()[-1] == (("b", "5"), [1.0])
+    # A probe's swap waiting for the lock restores the class it finds under the lock,
+    # never the swap of the thread it waited for.
+    original = values.ValueClass
+    inside, release = threading.Event(), threading.Event()
+
+    def held() -> None:
+        inside.set()
+        release.wait(5)
+
+    holder = threading.Thread(target=compat.in_memory_values, args=(held, SlotValue))
+    holder.start()
+    inside.wait(5)
+    prober = threading.Thread(target=compat._memory_metric, args=(lambda: None,))
+    prober.start()
+    time.sleep(0.2)
+    release.set()
+    holder.join()
+    prober.join()
+    assert values.ValueClass is original
+    # Forced off, the package's metrics keep prometheus_client's own values.
+    forced("value_store")
+    plain = TaskMetrics(CollectorRegistry(), ObsSettings())
+    assert all(f.store is None for f in plain.families)
+    assert type(plain.task("a", "q").received._value) is values.MutexValue

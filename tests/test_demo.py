@@ -15,7 +15,7 @@ from csuite_async_obs.servers.rabbitmq_server import RabbitMQServer
 from csuite_async_obs.servers.redis_server import free_port
 from csuite_async_obs.testing import scrape
 
-from .support import alive, children_of, wait_for
+from .support import alive, children_of, clean_env, wait_for
 
 
 def test_demo_runs_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -43,8 +43,9 @@ def _run_demo_until_ctrl_c(
     tmp_path: Path, extra_env: dict[str, str], *, servers: int, queue_metrics: bool = False
 ) -> list[str]:
     """Run the demo until tasks flow, Ctrl-C it, check nothing is left; its output lines."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "CSUITE_"))}
+    env = clean_env()
     env.update(extra_env)
+    env["PYTHONFAULTHANDLER"] = "1"  # a demo that does not stop shows where it is stuck
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -95,7 +96,14 @@ def _run_demo_until_ctrl_c(
         # The private servers, the worker and its 2 pool children.
         assert len(descendants) >= servers + 3
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=10)
+            reader.join(timeout=5)
+            raise AssertionError("the demo did not stop on Ctrl-C:\n" + "".join(lines)) from None
+        assert code == 0, "".join(lines)
         reader.join(timeout=5)
         survivors = [pid for pid in descendants if alive(pid)]
         assert survivors == [], f"processes left behind: {survivors}"

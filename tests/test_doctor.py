@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kombu import Connection
 
 from csuite_async_obs.monitoring import doctor
 from csuite_async_obs.monitoring.config import MonitoringConfig
@@ -31,11 +32,14 @@ from csuite_async_obs.monitoring.doctor import (
     PrometheusAPI,
     run_checks,
 )
+from csuite_async_obs.protocol import PUBLISHED_AT_HEADER
 from csuite_async_obs.servers.processes import free_port
 from csuite_async_obs.servers.prometheus_server import PrometheusServer
 from csuite_async_obs.servers.redis_server import RedisServer
+from csuite_async_obs.task_api.app import get_celery_app
 
 from .support import PYTHON, ROOT, Worker, base_env, wait_for
+from .test_alerts_e2e import publish_raw
 
 RULE_FILES = (ROOT / "alerts" / "recording.rules.yml", ROOT / "alerts" / "alerts.rules.yml")
 CHECKS = [
@@ -384,6 +388,78 @@ def test_broken_setups_are_named(redis_server: RedisServer, tmp_path: Path) -> N
         worker.stop()
 
 
+def test_overflow_errors_series_bound_and_a_failing_rule_are_named(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """What the counters checks and the rules check are for, on a real Prometheus: task
+    names past the worker's cap, an error caught in a hook, more series than the bound,
+    and one of our rules failing at every evaluation."""
+    # Its registered tasks fill the cap of 1 as it starts, before any scrape: that first
+    # value is not an increase, and the checks pass until something overflows later.
+    worker = Worker(_env(private_redis.url, CSUITE_MAX_TASK_NAMES="1"), tmp_path, pool="solo")
+    # Our recording group with one rule more that fails at each evaluation: two input
+    # series whose labels differ only in their name collide once it is replaced.
+    recording = yaml.safe_load(RULE_FILES[0].read_text())
+    recording["groups"][0]["rules"].append(
+        {"record": "doctor:collides", "expr": '{__name__=~"up|scrape_samples_scraped"}'}
+    )
+    broken = tmp_path / "recording.rules.yml"
+    broken.write_text(yaml.safe_dump(recording, sort_keys=False))
+    prometheus = PrometheusServer({"celery-workers": [_address(worker)]}, (broken, RULE_FILES[1]))
+    try:
+        worker.start()
+        prometheus.start()
+        failing_rule = "doctor:collides: vector contains metrics with the same labelset"
+        result = settle(prometheus, {"rules"},
+                        until=lambda c: c["rules"].detail.count(failing_rule) == 1)  # fmt: skip
+        rules = next(c for c in result if c.name == "rules")
+        assert "same labelset" in rules.detail, rules.detail
+        ours = len([x for x in worker.scrape() if x.name.startswith(("celery_", "csuite_"))])
+        bounded = run_checks(
+            PrometheusAPI(doctor.Connection(prometheus.url)),
+            MonitoringConfig(),
+            DoctorLimits(max_poll_age=MAX_POLL_AGE, max_series=ours - 1),
+        )
+        series = next(c for c in bounded if c.name == "series per worker")
+        assert not series.ok
+        assert series.detail == (
+            f"1 over {ours - 1}: {_address(worker)} (job celery-workers) {ours}"
+        ), series.detail
+
+        # After the scrapes began: a task name past the cap, and a publish time no float
+        # holds (the started hook catches the OverflowError and counts it).
+        app = get_celery_app()
+        with Connection(f"{private_redis.url}/0") as connection:
+            app.send_task("tests.boom", connection=connection)
+        publish_raw(app, f"{private_redis.url}/0", "tests.ok", "celery",
+                    {PUBLISHED_AT_HEADER: 10**400})  # fmt: skip
+        wait_for(lambda: worker.scrape().sum("celery_task_started_total") == 2, 30,
+                 message="both tasks started")  # fmt: skip
+        scraped = worker.scrape()
+        assert scraped.value("csuite_async_obs_instrumentation_errors_total", hook="started") == 1
+        assert scraped.value("csuite_async_obs_label_overflow_total", label="name") >= 1
+        expected = {"rules", "label overflow", "instrumentation errors"}
+        result = settle(
+            prometheus, expected, until=lambda c: c["rules"].detail.count(failing_rule) == 1
+        )
+        by_name = {c.name: c for c in result}
+        where = f"{_address(worker)} (job celery-workers)"
+        assert by_name["label overflow"].detail.startswith(
+            f"label values reported as 'other' in 1h: {where} name: "
+        ), by_name["label overflow"].detail
+        assert "CSUITE_MAX_TASK_NAMES" in by_name["label overflow"].fix
+        assert by_name["instrumentation errors"].detail.startswith(
+            f"errors caught in the instrumentation in 1h: {where} started: "
+        ), by_name["instrumentation errors"].detail
+        code, report = doctor_json(
+            prometheus.url, ["rules", "label overflow", "instrumentation errors"]
+        )
+        assert code == 1 and report["ok"] is False
+    finally:
+        worker.stop()
+        prometheus.stop()
+
+
 def test_alerts_without_their_series(redis_server: RedisServer, tmp_path: Path) -> None:
     """A worker without queue depth and no exporter: every queue alert is blind."""
     worker = Worker(_env(redis_server.url, CSUITE_QUEUE_DEPTH="false"), tmp_path, pool="solo")
@@ -469,3 +545,39 @@ def test_beat_alerts_apply_with_a_beat_target() -> None:
                 "celery_beat_entry_last_sent_timestamp_seconds"),
     ]  # fmt: skip
     assert all("selectors.beat" in c.fix for c in blind)
+
+
+def test_a_rule_reading_its_own_value_needs_its_other_operands() -> None:
+    """The last-success rule carries its own last value: that loop supplies nothing, so
+    the periodic alert needs the workers' gauge (and beat's send times), no more."""
+    from csuite_async_obs.monitoring.rules import alert_groups, recording_groups
+    from csuite_async_obs.monitoring.yamltext import Rule
+
+    config = MonitoringConfig()
+    rules = [
+        rule
+        for group in (*recording_groups(config), *alert_groups(config))
+        for rule in group.rules
+        if isinstance(rule, Rule)
+    ]
+    recorded = {r.record: r.expr for r in rules if r.record}
+    alert = next(r for r in rules if r.alert == "CeleryPeriodicTaskNotSucceeded")
+    gauge = "celery_task_last_success_timestamp_seconds"
+    sent = "celery_beat_entry_last_sent_timestamp_seconds"
+    assert doctor.needed_metrics(alert.expr, lambda name: True, recorded) == set()
+    assert doctor.needed_metrics(alert.expr, lambda name: name != sent, recorded) == {sent}
+    # Without the gauge the alert can still fire (a task never succeeded), but the rule
+    # it reads records nothing:
+    record = "name:celery_task_last_success_timestamp_seconds:max8d"
+    assert doctor.needed_metrics(recorded[record], lambda name: name != gauge, recorded) == {gauge}
+
+
+def test_counter_checks_count_between_raw_samples_without_extrapolation() -> None:
+    from csuite_async_obs.monitoring.doctor import _counted
+
+    # One rise (0 -> 1): 1, where increase() extrapolated it up to 2 over a short span.
+    assert _counted([[0, "0"], [10, "0"], [20, "1"]]) == 1
+    # A restart between the second and third sample: 2 before it, 3 after.
+    assert _counted([[0, "1"], [10, "3"], [20, "1"], [30, "3"]]) == 2 + 3
+    assert _counted([[0, "5"]]) == 0  # one sample: nothing seen to happen
+    assert _counted([]) == 0

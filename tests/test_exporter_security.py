@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import gzip
 import os
 import selectors
 import shutil
@@ -335,6 +336,72 @@ def test_renderer_replaces_the_registry(exporters: Any) -> None:
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.read() == b"rendered_total 7.0\n"
     assert seen == ["text/plain"]
+
+
+def _slow_read(sock: socket.socket, pause: float) -> bytes:
+    """Read a ``Connection: close`` response after ``pause``, in small pieces."""
+    time.sleep(pause)  # the server meanwhile fills both socket buffers and must wait
+    chunks = []
+    while chunk := sock.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_body_in_parts_reaches_a_slow_reader_whole(
+    exporters: Any, pki: dict[str, Path], tls: bool
+) -> None:
+    # More parts than one sendmsg call may take (IOV_MAX, 1024) and more bytes than the largest
+    # socket buffers hold (tcp_wmem's 4 MiB and the reader's 4 KiB): the server has
+    # to stop and resume in the middle of a part, many times.
+    parts = [(f"part_{i}_total {i}\n" * (60 + i % 400)).encode() for i in range(1500)]
+    joined = b"".join(parts)
+    assert len(joined) > 6 * 2**20
+    renders = 0
+
+    def render(accept: str) -> tuple[list[bytes], str]:
+        nonlocal renders
+        renders += 1
+        return list(parts), "text/plain; version=0.0.4; charset=utf-8"
+
+    context = None
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki["cert"], pki["key"])
+    exporter = exporters(renderer=render, ssl_context=context, timeout=30)
+    trust = ssl.create_default_context(cafile=str(pki["cert"]))
+
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", exporter.port))
+        return trust.wrap_socket(sock, server_hostname="127.0.0.1") if tls else sock
+
+    for encoding in ("identity", "gzip"):
+        with connect() as sock:
+            sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: {encoding}"
+                         "\r\nConnection: close\r\n\r\n".encode())  # fmt: skip
+            response = _slow_read(sock, 0.5)
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert _status(response) == 200
+        assert f"Content-Length: {len(body)}".encode() in head
+        if encoding == "gzip":
+            assert b"Content-Encoding: gzip" in head
+            body = gzip.decompress(body)
+        assert body == joined, encoding
+
+    # Keep-alive after a response sent in parts: the next request is read and answered.
+    with connect() as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # fmt: skip
+        both = _slow_read(sock, 0.5)
+    _, _, rest = both.partition(b"\r\n\r\n")
+    assert _status(both) == 200 and rest[: len(joined)] == joined
+    assert rest[len(joined) :].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest.endswith(b'\r\n\r\n{"status": "ok"}\n')
+    assert renders == 3
+    assert exporter.stats()["status_200"] == 4
 
 
 def test_failing_collector_gives_bare_500(exporters: Any) -> None:

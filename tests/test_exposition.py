@@ -59,6 +59,24 @@ def test_openmetrics_gzip_and_paths(workers: Any) -> None:
     status, headers, body = _get(worker.url + "/metrics", {"Accept-Encoding": "gzip"})
     assert headers["Content-Encoding"] == "gzip"
     assert b"celery_worker_up" in gzip.decompress(body)
+
+    # An idle worker's gzipped answers (its compression reused) are its plain body, and
+    # they follow the next task.
+    def idle_bodies() -> tuple[bytes, bytes, bytes] | None:
+        first = gzip.decompress(_get(worker.url + "/metrics", {"Accept-Encoding": "gzip"})[2])
+        plain = _get(worker.url + "/metrics")[2]
+        again = gzip.decompress(_get(worker.url + "/metrics", {"Accept-Encoding": "gzip"})[2])
+        return (first, plain, again) if first == plain == again else None
+
+    before = wait_for(idle_bodies, 30, message="three scrapes of an idle worker alike")
+    assert wait_for_task(t.ok.delay(1).id, timeout=30)["ready"]  # type: ignore[index]
+    after = wait_for(idle_bodies, 30, message="three scrapes of an idle worker alike")
+    line = 'celery_task_succeeded_total{name="tests.ok",queue_name="celery"}'
+    counts = [
+        [float(x.rsplit(b" ", 1)[1]) for x in body.splitlines() if x.startswith(line.encode())]
+        for body in (before[0], after[0])
+    ]
+    assert counts[1] == [counts[0][0] + 1 if counts[0] else 1.0], counts
     status, headers, body = _get(worker.url + "/healthz")
     assert status == 200 and b'"consumer_running": true' in body
     for path in ("/", "/metrics/../etc", "/favicon.ico", "/healthz/x", "/debug"):
@@ -100,7 +118,11 @@ def test_healthz_follows_the_consumer_through_a_broker_outage(
 
 
 @pytest.mark.parametrize(
-    "tasks", [pytest.param(200, id="200"), pytest.param(10_000, id="10000", marks=pytest.mark.slow)]
+    "tasks",
+    [
+        pytest.param(200, id="200"),
+        pytest.param(10_000, id="10000", marks=[pytest.mark.slow, pytest.mark.timeout(3600)]),
+    ],
 )
 def test_child_churn_leaves_no_files_and_exact_counts(
     tasks: int, workers: Any, tmp_path: Path

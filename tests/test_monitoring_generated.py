@@ -4,6 +4,7 @@ and unit-tests them)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from csuite_async_obs.monitoring.config import (
     load_config,
 )
 from csuite_async_obs.monitoring.export import (
+    GRAFANA_DASHBOARDS_PATH,
     ExportOptions,
     example_config,
     export,
@@ -373,6 +375,81 @@ def test_export_command_writes_rules_and_manifest(tmp_path: Path) -> None:
         assert (tmp_path / "prometheus" / name).read_text() == text
     manifest = yaml.safe_load((tmp_path / "kubernetes" / "prometheusrule.yaml").read_text())
     assert manifest["metadata"]["labels"]["release"] == "prom"
+
+
+def test_export_command_writes_the_grafana_files(tmp_path: Path) -> None:
+    pytest.importorskip("grafana_foundation_sdk")
+    from csuite_async_obs.monitoring.dashboards import render
+
+    config_file = tmp_path / "monitoring.yml"
+    config_file.write_text(
+        CUSTOM + "dashboards: {title_prefix: 'Team ', tags: [celery, team], uid_prefix: team-}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "csuite_async_obs.cli", "monitoring", "export",
+         "--config", str(config_file), "--out", str(tmp_path), "--format", "grafana"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    boards = render(load_config(config_file))
+    written = [Path(line) for line in result.stdout.splitlines()]
+    assert written == [
+        *(tmp_path / "grafana" / "dashboards" / name for name in boards),
+        tmp_path / "grafana" / "provisioning" / "dashboards" / "csuite-async-obs.yaml",
+    ]
+    for name, text in boards.items():
+        assert (tmp_path / "grafana" / "dashboards" / name).read_text() == text
+        board = json.loads(text)
+        assert board["uid"].startswith("team-") and board["title"].startswith("Team ")
+        assert board["tags"] == ["celery", "team"]
+    provider = yaml.safe_load(written[-1].read_text())
+    assert provider["providers"][0]["options"]["path"] == GRAFANA_DASHBOARDS_PATH
+
+
+TOML_CUSTOM = """\
+cluster_label = "cluster"
+runbook_url = "https://wiki.example.com/celery#"
+group_prefix = "prod"
+
+[selectors]
+worker = 'job="prod-workers"'
+exporter = 'job=~"prod-queue-.*"'
+beat = 'job="prod-beat"'
+
+[alerts.CeleryQueueBacklogGrowing]
+threshold = 500
+for = "30m"
+window = "20m"
+severity = "critical"
+
+[alerts.CeleryTaskFailureRatioHigh]
+threshold = 0.25
+window = "15m"
+
+[alerts.CeleryQueueOldestMessageTooOld]
+threshold = 900
+
+[alerts.CeleryWorkerSaturated]
+enabled = false
+"""
+
+
+def test_toml_file_form_is_the_yaml_one(tmp_path: Path) -> None:
+    """The same config as TOML and as YAML: the same config, the same rule files."""
+    if sys.version_info < (3, 11):
+        with pytest.raises(MonitoringConfigError, match=r"tomllib is 3\.11"):
+            (tmp_path / "m.toml").write_text(TOML_CUSTOM)
+            load_config(tmp_path / "m.toml")
+        return
+    (tmp_path / "m.toml").write_text(TOML_CUSTOM)
+    (tmp_path / "m.yaml").write_text(CUSTOM)
+    from_toml, from_yaml = load_config(tmp_path / "m.toml"), load_config(tmp_path / "m.yaml")
+    assert from_toml == from_yaml
+    assert from_toml != MonitoringConfig()
+    assert rule_files(from_toml) == rule_files(from_yaml)
+    (tmp_path / "bad.toml").write_text('[alerts.CeleryQueueBacklogGrowing]\nthreshold = "lots"\n')
+    with pytest.raises(MonitoringConfigError, match="lots"):
+        load_config(tmp_path / "bad.toml")
 
 
 def test_rule_writer_spells_plain_mapping_groups_back_exactly() -> None:

@@ -63,6 +63,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [wheel] = (base / "dist").glob("csuite_async_obs-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "csuite_async_obs/monitoring/rules.py" in names
+    # The default dashboards ride along as package data, for installs without the SDK.
+    assert {
+        "csuite_async_obs/monitoring/default_dashboards/overview.json",
+        "csuite_async_obs/monitoring/default_dashboards/task.json",
+    } <= set(names)
     assert not [n for n in names if n.startswith(("alerts/", "tests/"))], names
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -114,13 +119,46 @@ def test_exported_rules_from_the_wheel_pass_promtool(installed: Path, tmp_path: 
         document["rule_files"] = [str(recording), str(alerts)]
         (tests / source.name).write_text(yaml.safe_dump(document, sort_keys=False))
     copies = sorted(str(p) for p in tests.glob("*.test.yml"))
-    assert len(copies) == len(UNIT_TESTS) == 5
+    assert len(copies) == len(UNIT_TESTS) == 6
     unit = subprocess.run(
         ["promtool", "test", "rules", *copies], capture_output=True, text=True, timeout=300
     )
     assert unit.returncode == 0, unit.stdout + unit.stderr
     assert unit.stdout.count("  SUCCESS\n") == len(copies), unit.stdout
     assert "FAILED" not in unit.stdout + unit.stderr
+
+
+def test_export_all_from_the_wheel_writes_the_grafana_files(
+    installed: Path, tmp_path: Path
+) -> None:
+    """Without the Grafana SDK (not a dependency of the wheel), ``--format all`` writes the
+    default dashboards from package data: the committed JSON, byte for byte."""
+    out = tmp_path / "monitoring"
+    result = subprocess.run(
+        [str(installed / "csuite-async-obs"), "monitoring", "export", "--out", str(out),
+         "--format", "all", "--grafana-dashboards-path", "/srv/dash", "--grafana-folder", "Ops"],
+        capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    boards = out / "grafana" / "dashboards"
+    provisioning = out / "grafana" / "provisioning" / "dashboards" / "csuite-async-obs.yaml"
+    assert result.stdout.splitlines() == [
+        str(out / "prometheus" / "recording.rules.yml"),
+        str(out / "prometheus" / "alerts.rules.yml"),
+        str(out / "kubernetes" / "prometheusrule.yaml"),
+        str(boards / "overview.json"),
+        str(boards / "task.json"),
+        str(provisioning),
+    ]
+    for name in ("overview.json", "task.json"):
+        assert (boards / name).read_text() == (ROOT / "dashboards" / name).read_text()
+    provider = yaml.safe_load(provisioning.read_text())
+    [entry] = provider["providers"]
+    assert (entry["type"], entry["folder"], entry["options"]["path"]) == (
+        "file",
+        "Ops",
+        "/srv/dash",
+    )
 
 
 def test_demo_from_the_wheel_shows_the_rule_groups_prometheus_loaded(

@@ -59,8 +59,8 @@ def test_promtool_check_rules() -> None:
 
 def test_promtool_unit_tests_pass() -> None:
     assert [p.name for p in UNIT_TESTS] == [
-        "instrumentation.test.yml", "periodic.test.yml", "queues.test.yml", "tasks.test.yml",
-        "workers.test.yml",
+        "instrumentation.test.yml", "periodic.test.yml", "periodic_memory.test.yml",
+        "queues.test.yml", "tasks.test.yml", "workers.test.yml",
     ]  # fmt: skip
     result = promtool("test", "rules", *map(str, UNIT_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -81,7 +81,7 @@ def test_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
         # Every group named: promtool evaluates the groups it is not given in any order.
         assert document["group_eval_order"] == list(GROUPS), path
         for case in document["tests"]:
-            for check in case["alert_rule_test"]:
+            for check in case.get("alert_rule_test", []):
                 name = check["alertname"]
                 if check["exp_alerts"]:
                     firing[name] = firing.get(name, 0) + 1

@@ -49,6 +49,8 @@ from csuite_async_obs.servers.prometheus_server import PrometheusServer
 from csuite_async_obs.task_api.app import get_celery_app
 
 from .support import wait_for
+from .test_alerts_e2e import has_finite_value
+from .test_dashboards import substitute
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = "shop.checkout+v2.pay"
@@ -182,8 +184,8 @@ def test_le_is_matched_as_exposed() -> None:
         return found.group(0)
 
     assert le(30) == 'le="30.0"'
-    assert le(0.005) == 'le="0.005"'
-    assert le(2.5) == 'le="2.5"'
+    assert le(0.01) == 'le="0.01"'
+    assert le(0.5) == 'le="0.5"'
     # From 1e6 prometheus_client (and Prometheus 3) write Go's form, this package's
     # renderer Python's repr: both match.
     assert le(1e6, (1.0, 1e6)) == r'le=~"1000000\\.0|1e\\+06"'
@@ -195,7 +197,7 @@ def test_latency_threshold_must_be_a_bucket_boundary() -> None:
         slo_rule_groups(config)
     assert caught.value.key == "slos.rep.latency.threshold_seconds"
     assert caught.value.value == 20
-    assert "runtime_buckets: 0.005, 0.01," in str(caught.value)
+    assert "runtime_buckets: 0.01, 0.05," in str(caught.value)
     with pytest.raises(MonitoringConfigError):
         slo_dashboard(config)
     # The workers' own buckets, when the config gives them.
@@ -470,14 +472,23 @@ def slo_alerts(prom: PrometheusServer) -> list[dict[str, Any]]:
     return [a for a in prom.alerts() if a["labels"]["alertname"] in (FAST, SLOW)]
 
 
-def test_failure_burst_pages_and_errors_within_budget_do_not(workers: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("histograms", ["classic", "native"])
+def test_failure_burst_pages_and_errors_within_budget_do_not(
+    histograms: str, workers: Any, tmp_path: Path
+) -> None:
+    """On classic histograms (the text format), and on native ones: Prometheus with
+    native histograms scrapes the protobuf exposition, the rules read histogram_count."""
     worker = workers(pool="solo")
-    config = MonitoringConfig(selectors=Selectors(worker=f'job="{JOB}"'), slos=(E2E_SLO,))
+    config = MonitoringConfig(
+        selectors=Selectors(worker=f'job="{JOB}"'), slos=(E2E_SLO,), histograms=histograms
+    )
+    native = histograms == "native"
     windows = slo_windows(E2E_SLO)
     assert [(w.long, w.short) for w in windows] == [("1m", "5s"), ("6m", "30s"),
                                                     ("24m", "2m"), ("1h12m", "6m")]  # fmt: skip
     prom = PrometheusServer({JOB: [f"127.0.0.1:{worker.port}"]}, [write_rules(tmp_path, config)],
-                            scrape_interval=1.0, evaluation_interval=1.0)  # fmt: skip
+                            scrape_interval=1.0, evaluation_interval=1.0,
+                            features=["native-histograms"] if native else [])  # fmt: skip
     publisher = Publisher()
     try:
         prom.start()
@@ -495,7 +506,11 @@ def test_failure_burst_pages_and_errors_within_budget_do_not(workers: Any, tmp_p
         assert failing == sent // FAIL_EVERY
         # Every execution scraped, and past the 5 s window: each failure then
         # weighs as much as each other execution in the whole-window ratio.
-        executed = 'sum(celery_task_runtime_seconds_count{name="tests.flaky"})'
+        executed = (
+            'sum(histogram_count(celery_task_runtime_seconds{name="tests.flaky"}))'
+            if native
+            else 'sum(celery_task_runtime_seconds_count{name="tests.flaky"})'
+        )
         wait_for(lambda: prom.value(executed) == sent, 40, message="all executed and scraped")
         time.sleep(7.0)  # the 5 s rate window and a scrape: a duration, not a condition
         remaining = prom.value(f'{REMAINING}{{slo="flaky"}}')
@@ -523,6 +538,17 @@ def test_failure_burst_pages_and_errors_within_budget_do_not(workers: Any, tmp_p
                                   "objective": "success"}  # fmt: skip
         assert float(page["value"]) > 6  # the burn rate of the pair's long window
         also = sorted({a["labels"]["alertname"] for a in slo_alerts(prom)} - {FAST})
+        # The SLO dashboard answers on what the rules recorded: every query, as Grafana
+        # sends it (variables substituted), has a finite value now.
+        board = slo_dashboard(config)
+        assert board is not None
+        values = {"cluster": ".*", "__rate_interval": "5s", "__interval": "1s", "__range": "5m"}
+        queries = [
+            substitute(t["expr"], values) for p in board["panels"] for t in p.get("targets", [])
+        ]
+        assert len(queries) == 8  # budget left, SLI, five burn rates, budget over time
+        empty = [q for q in queries if not has_finite_value(prom.query(q))]
+        assert empty == [], empty
         print(f"within budget: {sent} sent, {failing} failing, budget left {remaining:.3f} "
               f"(exactly {expected:.3f}); "
               f"burst: {FAST} fired after {fired_after:.1f} s (value {float(page['value']):.1f}); "

@@ -12,7 +12,6 @@ the command with one line naming the variable and exit status 2.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -39,11 +38,6 @@ class _Group(click.Group):
 @click.version_option(package_name="csuite-async-obs")
 def main() -> None:
     """Celery task API and in-worker Prometheus metrics for the C-Suite platform."""
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    # SIGTERM ends the demo the same way as Ctrl-C: through its cleanup.
-    raise KeyboardInterrupt
 
 
 @main.command()
@@ -96,7 +90,6 @@ def demo(
     """
     from ..demo.runner import Demo, DemoOptions
 
-    signal.signal(signal.SIGTERM, _interrupt)
     options = DemoOptions(
         pool=pool,
         concurrency=concurrency,

@@ -31,17 +31,36 @@ from .parse import (
 __all__ = [
     "DEFAULT_QUEUE_WAIT_BUCKETS",
     "DEFAULT_RUNTIME_BUCKETS",
+    "FULL_QUEUE_WAIT_BUCKETS",
+    "FULL_RUNTIME_BUCKETS",
+    "NATIVE_MODES",
     "OBS_OPTIONS",
     "OPTIONS_BY_ATTR",
+    "PROFILES",
     "ObsOption",
     "ObsSettings",
     "default_text",
 ]
 
+# The default profile's buckets, one series a bucket per task, queue (and state).
+# Runtimes, nine bounds: Celery tasks run from milliseconds (a cache write, an
+# e-mail handed to a relay) to minutes (a report), up to the package's 300 s hard
+# limit; the bounds are the latency objectives people set for them (100 ms,
+# 500 ms, 1 s, 5 s, 30 s, 2 min, the limit), with 10 ms and 50 ms below for the
+# fast ones.  Waits, seven: a healthy queue hands a message over in milliseconds
+# (10 ms, 100 ms), a busy one in seconds; 60 s is the queue-wait alert's
+# threshold and 5 minutes of backlog the on-call engineer's next question.  Longer
+# waits are the oldest-message age's to tell (celery_queue_oldest_message_age_seconds
+# has no bucket limit); one bound fewer keeps a task that failed with one exception
+# class at 50 series.
+DEFAULT_RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 300.0)
+DEFAULT_QUEUE_WAIT_BUCKETS = (0.01, 0.1, 1.0, 5.0, 30.0, 60.0, 300.0)
+# The full profile's (and the package's before 0.3): sixteen bounds.
 _SHORT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-# Runtimes up to the default hard limit and beyond; waits up to an hour of backlog.
-DEFAULT_RUNTIME_BUCKETS = (*_SHORT_BUCKETS, 120.0, 300.0, 900.0)
-DEFAULT_QUEUE_WAIT_BUCKETS = (*_SHORT_BUCKETS, 300.0, 900.0, 3600.0)
+FULL_RUNTIME_BUCKETS = (*_SHORT_BUCKETS, 120.0, 300.0, 900.0)
+FULL_QUEUE_WAIT_BUCKETS = (*_SHORT_BUCKETS, 300.0, 900.0, 3600.0)
+PROFILES = ("default", "full")
+NATIVE_MODES = ("native", "both", "off")
 
 
 @dataclass(frozen=True)
@@ -103,7 +122,8 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         "CSUITE_RUNTIME_BUCKETS",
         "--metrics-runtime-buckets",
         parse_buckets,
-        "Buckets (seconds, comma-separated) of celery_task_runtime_seconds.",
+        "Buckets (seconds, comma-separated) of celery_task_runtime_seconds (the full "
+        "profile's default: 0.005 to 900 s, sixteen bounds).",
         "LIST",
     ),
     ObsOption(
@@ -111,8 +131,31 @@ OBS_OPTIONS: tuple[ObsOption, ...] = (
         "CSUITE_QUEUE_WAIT_BUCKETS",
         "--metrics-queue-wait-buckets",
         parse_buckets,
-        "Buckets (seconds, comma-separated) of celery_task_queue_wait_seconds.",
+        "Buckets (seconds, comma-separated) of celery_task_queue_wait_seconds (the full "
+        "profile's default: 0.005 to 3600 s, sixteen bounds).",
         "LIST",
+    ),
+    ObsOption(
+        "metrics_profile",
+        "CSUITE_METRICS_PROFILE",
+        "--metrics-profile",
+        lambda v, r: parse_choice(v, r, PROFILES),
+        "Which task series exist from start: default (every counter, the runtime of "
+        "succeeded and failed runs, nine and seven buckets: 49 series per task and queue, "
+        "50 once it failed with one exception class) "
+        "or full (the runtime of every outcome from start, sixteen buckets).",
+        "PROFILE",
+    ),
+    ObsOption(
+        "native_histograms",
+        "CSUITE_NATIVE_HISTOGRAMS",
+        "--metrics-native-histograms",
+        lambda v, r: parse_choice(v, r, NATIVE_MODES),
+        "When Prometheus asks for the protobuf exposition (--enable-feature="
+        "native-histograms): native serves the runtime and queue-wait histograms as native "
+        "histograms only, both adds their classic buckets, off serves classic ones only. "
+        "The text formats are always classic.",
+        "MODE",
     ),
     ObsOption(
         "const_labels",
@@ -258,6 +301,8 @@ class ObsSettings:
 
     metrics_port: int = 9808
     metrics_addr: str = "0.0.0.0"
+    metrics_profile: str = "default"
+    native_histograms: str = "native"
     runtime_buckets: tuple[float, ...] = DEFAULT_RUNTIME_BUCKETS
     queue_wait_buckets: tuple[float, ...] = DEFAULT_QUEUE_WAIT_BUCKETS
     const_labels: tuple[tuple[str, str], ...] = field(default=())
@@ -275,6 +320,20 @@ class ObsSettings:
     queue_poll_timeout: float = 3.0
     rabbitmq_api_url: str = ""
     web_config: str = ""
+
+    @property
+    def runtime_bounds(self) -> tuple[float, ...]:
+        """The runtime buckets in use: the full profile's finer ones unless set."""
+        if self.metrics_profile == "full" and self.runtime_buckets == DEFAULT_RUNTIME_BUCKETS:
+            return FULL_RUNTIME_BUCKETS
+        return self.runtime_buckets
+
+    @property
+    def queue_wait_bounds(self) -> tuple[float, ...]:
+        """The queue-wait buckets in use: the full profile's finer ones unless set."""
+        if self.metrics_profile == "full" and self.queue_wait_buckets == DEFAULT_QUEUE_WAIT_BUCKETS:
+            return FULL_QUEUE_WAIT_BUCKETS
+        return self.queue_wait_buckets
 
     @classmethod
     def resolve(

@@ -33,6 +33,7 @@ from ..servers.processes import (
     worker_command,
 )
 from ..servers.redis_server import RedisServer
+from .interrupts import STOP_SIGNALS, HeldInterrupts
 
 __all__ = ["Demo", "DemoOptions"]
 
@@ -184,7 +185,12 @@ class Demo:
         self.sent += 1
 
     def run(self) -> int:
-        """Start everything, send tasks until Ctrl-C (or ``duration``), stop everything."""
+        """Start everything, send tasks until Ctrl-C or SIGTERM (or ``duration``), stop
+        everything."""
+        with HeldInterrupts().installed() as interrupts:
+            return self._run(interrupts)
+
+    def _run(self, interrupts: HeldInterrupts) -> int:
         try:
             CelerySettings.from_env()  # a bad variable stops here with one line
             self._broker()
@@ -203,7 +209,8 @@ class Demo:
             while (
                 self.options.duration is None or time.monotonic() - started < self.options.duration
             ):
-                self._send_mix()
+                with interrupts.held():
+                    self._send_mix()
                 if time.monotonic() >= next_report:
                     self.echo(self._summary())
                     next_report += 5
@@ -233,8 +240,9 @@ class Demo:
     # ------------------------------------------------------------------ stop
 
     def stop(self) -> None:
-        # Ignore further Ctrl-C while cleaning up, so nothing is left half-stopped.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ignore further Ctrl-C and SIGTERM while cleaning up, so that nothing is
+        # left half-stopped.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
         try:
             if self.prometheus is not None:
                 self.prometheus.stop()
@@ -246,7 +254,8 @@ class Demo:
                 self.redis.stop()
                 self.redis = None
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         self.echo("stopped")
 
 

@@ -9,10 +9,16 @@ refusal is a status and a one-line body, never an echo of the request.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 
-__all__ = ["HTTPError", "Request", "http_response", "parse_head", "plain"]
+__all__ = ["HTTPError", "Request", "Response", "http_response", "parse_head", "plain"]
+
+#: A response as the buffers to write, in order: its head, then its body's parts.
+#: A body given in parts stays in parts (a 2 MiB exposition is not copied into one
+#: more buffer on its way to the socket).
+Response = list[bytes]
 
 _MAX_HEADERS = 100
 
@@ -75,23 +81,26 @@ def parse_head(head: bytes) -> Request:
     return Request(method.decode("ascii"), path, headers, keep_alive)
 
 
-def http_response(status: int, body: bytes, content_type: str, *, head_only: bool = False,
-              keep_alive: bool = True, extra: dict[str, str] | None = None) -> bytes:  # fmt: skip
+def http_response(status: int, body: bytes | Sequence[bytes], content_type: str, *,
+                  head_only: bool = False, keep_alive: bool = True,
+                  extra: dict[str, str] | None = None) -> Response:  # fmt: skip
+    """The response's head and body; ``body`` may be given as parts, sent as they are."""
+    parts = [body] if isinstance(body, bytes) else list(body)
     lines = [
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         f"Date: {formatdate(usegmt=True)}",
         f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
+        f"Content-Length: {sum(map(len, parts))}",
         "X-Content-Type-Options: nosniff",
         "Connection: keep-alive" if keep_alive else "Connection: close",
     ]
     lines += [f"{key}: {value}" for key, value in (extra or {}).items()]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + body
+    return [head] if head_only else [head, *parts]
 
 
 def plain(status: int, *, head_only: bool = False, keep_alive: bool = False,
-           extra: dict[str, str] | None = None) -> bytes:  # fmt: skip
+           extra: dict[str, str] | None = None) -> Response:  # fmt: skip
     body = f"{status} {HTTPStatus(status).phrase}\n".encode()
     return http_response(status, body, "text/plain; charset=utf-8", head_only=head_only,
                      keep_alive=keep_alive, extra=extra)  # fmt: skip

@@ -26,9 +26,9 @@ from prometheus_client.registry import Collector
 from .. import compat
 from ..config.errors import ConfigError
 from ..config.options import ObsSettings
-from ..http.server import Exporter, start_exporter
+from ..http.server import Exporter, Renderer, start_exporter
 from ..http.webconfig import WebSecurity, load_web_config
-from ..metrics.exposition import TaskExposition, make_renderer
+from ..metrics.exposition import make_renderer
 from ..metrics.task_metrics import TaskMetrics
 from ..queue_depth.poller import QueueDepthPoller, start_queue_depth
 from .beat import BeatHooks
@@ -294,7 +294,7 @@ class Instrumentation:
         with contextlib.suppress(KeyError):
             self.registry.unregister(self._view)
 
-    def renderer(self) -> Callable[[str], tuple[bytes, str]] | None:
+    def renderer(self) -> Renderer | None:
         """The exporter's fast ``/metrics`` renderer, or ``None`` to use the registry as is.
 
         Only when this instrumentation owns its registry: a registry passed in
@@ -302,7 +302,7 @@ class Instrumentation:
         """
         if not self._own_registry:
             return None
-        return make_renderer(TaskExposition(self.metrics.families), self.extra_registry)
+        return make_renderer(self.metrics.exposition(), self.extra_registry)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         hostname = getattr(self.worker, "hostname", None)

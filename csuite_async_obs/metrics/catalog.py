@@ -21,6 +21,7 @@ __all__ = [
     "RESERVED_LABELS",
     "SPECS",
     "TIME_LIMIT_KINDS",
+    "ZERO_STATES",
     "MetricSpec",
 ]
 
@@ -29,6 +30,9 @@ OTHER = "other"
 # Values of the ``state`` label of celery_task_runtime_seconds: every way a task
 # that reached the pool can end.
 OUTCOME_STATES = ("succeeded", "failed", "retried", "rejected", "revoked", "ignored")
+# The states whose runtime series exist from start in the default profile: what the
+# failure ratio and the SLOs read (every state does in the full profile).
+ZERO_STATES = ("succeeded", "failed")
 TIME_LIMIT_KINDS = ("soft", "hard")
 
 
@@ -123,7 +127,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "histogram",
         (*TASK, "state"),
         "Time tasks ran in the pool, for every outcome (state).",
-        "yes, every state",
+        "succeeded and failed (every state: metrics_profile=full); the other states from "
+        "their first run",
     ),
     MetricSpec(
         "celery_task_queue_wait_seconds",

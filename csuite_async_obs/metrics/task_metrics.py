@@ -8,25 +8,85 @@ dict lookup plus the update, and bounds label values with :class:`LabelGuard`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..compat import counter_incrementer, histogram_observer, in_memory_values
+from ..compat import (
+    counter_incrementer,
+    histogram_observer,
+    in_memory_values,
+    uses_private,
+    with_child_keys,
+)
 from ..config.options import ObsSettings
-from .catalog import INSTRUMENTATION_HOOKS, OTHER, OUTCOME_STATES, SPECS, TIME_LIMIT_KINDS
+from .catalog import (
+    INSTRUMENTATION_HOOKS,
+    OTHER,
+    OUTCOME_STATES,
+    SPECS,
+    TIME_LIMIT_KINDS,
+    ZERO_STATES,
+)
 from .const_labels import ConstLabels
-from .exposition import Family
+from .exposition import Family, TaskExposition
+from .native_histogram import NativeBuckets
+from .value_store import ValueStore
 
 __all__ = ["LabelGuard", "TaskMetrics", "TaskSeries"]
 
 
+#: The store of the metric whose ``labels()`` is building a child on this thread.
+_BUILDING = threading.local()
+
+
 class _InMemory:
-    """Mixin: the metric keeps its values in this process's memory, always
-    (see :func:`~csuite_async_obs.compat.in_memory_values`)."""
+    """Mixin: the metric keeps its values in this process's memory, always (see
+    :func:`~csuite_async_obs.compat.in_memory_values`), in its
+    :class:`~.value_store.ValueStore` when it was given one.
+
+    A child is built by prometheus_client as ``type(parent)(...)``, so it cannot see its
+    parent; the parent's store reaches the child's ``_metric_init`` through a
+    thread-local set while ``labels()`` runs.  (A class per metric would do it too, but
+    thousands of subclasses make every ``isinstance`` check against prometheus_client's
+    ABCs walk them all.)
+    """
+
+    _store: ValueStore | None = None
+
+    def labels(self: Any, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        store = self._store
+        if store is None:
+            return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
+        outer = getattr(_BUILDING, "store", None)
+        _BUILDING.store = store
+        try:
+            return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
+        finally:
+            _BUILDING.store = outer
 
     def _metric_init(self) -> None:
-        in_memory_values(super()._metric_init)  # type: ignore[misc]
+        store: ValueStore | None = getattr(_BUILDING, "store", None)
+        init = super()._metric_init  # type: ignore[misc]
+        in_memory_values(init, store.child_values() if store is not None else None)
+
+    # The store follows the children the metric removes.
+    def remove(self, *labelvalues: Any) -> None:
+        super().remove(*labelvalues)  # type: ignore[misc]
+        self._follow_removal()
+
+    def remove_by_labels(self, labels: dict[str, str]) -> None:
+        super().remove_by_labels(labels)  # type: ignore[misc]
+        self._follow_removal()
+
+    def clear(self) -> None:
+        super().clear()  # type: ignore[misc]
+        self._follow_removal()
+
+    def _follow_removal(self) -> None:
+        if self._store is not None:
+            with_child_keys(self, self._store.retain)
 
 
 class _Counter(_InMemory, Counter):
@@ -39,6 +99,21 @@ class _Histogram(_InMemory, Histogram):
 
 class _Gauge(_InMemory, Gauge):
     pass
+
+
+_M = TypeVar("_M", _Counter, _Gauge, _Histogram)
+
+
+def _with_store(metric: _M, store: ValueStore | None) -> _M:
+    """``metric``, whose children keep their values in ``store`` (when given)."""
+    metric._store = store
+    return metric
+
+
+def stores_values() -> bool:
+    """Whether the package's metrics keep their values in a :class:`ValueStore` here (the
+    shims it needs take their private path)."""
+    return all(uses_private(n) for n in ("value_store", "value_class", "family_internals"))
 
 
 def _base(name: str) -> str:
@@ -86,24 +161,33 @@ class TaskMetrics:
         # reads nothing but values from prometheus_client.
         self.families: list[Family] = []
 
+        stored = stores_values()
+
         def counter(name: str) -> Counter:
             labels = tuple(const.label_names(name))
-            metric = _Counter(_base(name), SPECS[name].help, labels, registry=registry)
-            self.families.append(Family(metric, _base(name), SPECS[name].help, labels))
+            store = ValueStore(name) if stored else None
+            metric = _with_store(
+                _Counter(_base(name), SPECS[name].help, labels, registry=registry), store
+            )
+            self.families.append(Family(metric, _base(name), SPECS[name].help, labels, store))
             return metric
 
         def gauge(name: str) -> Gauge:
             labels = tuple(const.label_names(name))
-            metric = _Gauge(name, SPECS[name].help, labels, registry=registry)
-            self.families.append(Family(metric, name, SPECS[name].help, labels))
+            store = ValueStore(name) if stored else None
+            metric = _with_store(_Gauge(name, SPECS[name].help, labels, registry=registry), store)
+            self.families.append(Family(metric, name, SPECS[name].help, labels, store))
             return metric
 
         def histogram(name: str, buckets: Iterable[float]) -> Histogram:
             labels = tuple(const.label_names(name))
-            metric = _Histogram(
-                name, SPECS[name].help, labels, buckets=tuple(buckets), registry=registry
+            bounds = tuple(buckets)
+            store = ValueStore(name, bounds) if stored else None
+            metric = _with_store(
+                _Histogram(name, SPECS[name].help, labels, buckets=bounds, registry=registry),
+                store,
             )
-            self.families.append(Family(metric, name, SPECS[name].help, labels))
+            self.families.append(Family(metric, name, SPECS[name].help, labels, store))
             return metric
 
         self.sent = counter("celery_task_sent_total")
@@ -115,9 +199,9 @@ class TaskMetrics:
         self.retried = counter("celery_task_retried_total")
         self.revoked = counter("celery_task_revoked_total")
         self.rejected = counter("celery_task_rejected_total")
-        self.runtime = histogram("celery_task_runtime_seconds", self.settings.runtime_buckets)
+        self.runtime = histogram("celery_task_runtime_seconds", self.settings.runtime_bounds)
         self.queue_wait = histogram(
-            "celery_task_queue_wait_seconds", self.settings.queue_wait_buckets
+            "celery_task_queue_wait_seconds", self.settings.queue_wait_bounds
         )
         self.queue_wait_unmeasured = counter("celery_task_queue_wait_unmeasured_total")
         self.queue_wait_clamped = counter("celery_task_queue_wait_clamped_total")
@@ -128,6 +212,8 @@ class TaskMetrics:
         self.last_failure = gauge("celery_task_last_failure_timestamp_seconds")
         self.errors = counter("csuite_async_obs_instrumentation_errors_total")
         self.overflow = counter("csuite_async_obs_label_overflow_total")
+        #: Each metric's value store, by the metric's id (none when values are not stored).
+        self._stores = {id(f.metric): f.store for f in self.families}
         # Every hook's series exists at 0, so that increase() sees the first error.
         self._errors = {
             hook: self.errors.labels(hook, *self._const_values) for hook in INSTRUMENTATION_HOOKS
@@ -137,6 +223,13 @@ class TaskMetrics:
         self.guard_exception = self.guard("exception", self.settings.max_exceptions)
         self._children: dict[tuple[str, str], TaskSeries] = {}
         self._children_lock = threading.Lock()
+        full = self.settings.metrics_profile == "full"
+        #: Runtime states whose series exist from start; the others from their first run.
+        self.zero_states = OUTCOME_STATES if full else ZERO_STATES
+        #: Native-histogram state of each histogram child: metric id -> label values -> it.
+        self.native: dict[int, dict[tuple[str, ...], NativeBuckets]] = {}
+        self.native_mode = self.settings.native_histograms
+        self._native_lock = threading.Lock()
 
     @property
     def collectors(self) -> tuple[Counter | Gauge | Histogram, ...]:
@@ -180,6 +273,40 @@ class TaskMetrics:
                 self._children[key] = series
         return series
 
+    def exposition(self) -> TaskExposition:
+        """The fast renderer of these metrics (text, OpenMetrics and protobuf)."""
+        return TaskExposition(self.families, self.native, self.native_mode)
+
+    def observer(self, metric: Histogram, labels: tuple[str, ...]) -> Callable[[float], None]:
+        """``observe`` of one histogram child: its classic buckets, and its native ones
+        unless native histograms are off."""
+        labels = tuple(map(str, labels))  # as prometheus_client keys the child
+        child = metric.labels(*labels)
+        store = self._stores.get(id(metric))
+        classic = store.observer(labels) if store is not None else histogram_observer(child)
+        if self.native_mode == "off":
+            return classic
+        with self._native_lock:
+            children = self.native.setdefault(id(metric), {})
+            native = children.get(labels)
+            if native is None:
+                native = children[labels] = NativeBuckets()
+        add = native.observe
+
+        def observe(amount: float) -> None:
+            classic(amount)
+            add(amount)
+
+        return observe
+
+    def incrementer(self, metric: Counter, labels: tuple[str, ...]) -> Callable[[], None]:
+        """``inc()`` of one counter child, bound once for the per-task hot path: on its
+        store's slot, else through :func:`~csuite_async_obs.compat.counter_incrementer`."""
+        labels = tuple(map(str, labels))  # as prometheus_client keys the child
+        child = metric.labels(*labels)
+        store = self._stores.get(id(metric))
+        return store.incrementer(labels) if store is not None else counter_incrementer(child)
+
     def failed_child(self, series: TaskSeries, exception: str) -> Counter:
         return self.failed.labels(
             series.name, series.queue, self.guard_exception(exception), *self._const_values
@@ -204,14 +331,11 @@ class TaskSeries:
         "observe_wait",
         "queue",
         "queue_wait",
-        "queue_wait_clamped",
-        "queue_wait_unmeasured",
         "received",
         "redelivered",
         "rejected",
         "retried",
         "revoked",
-        "runtime",
         "sent",
         "started",
         "succeeded",
@@ -232,29 +356,46 @@ class TaskSeries:
         self.retried = metrics.retried.labels(name, queue, *const)
         self.revoked = metrics.revoked.labels(name, queue, *const)
         self.rejected = metrics.rejected.labels(name, queue, *const)
-        self.runtime = {
-            state: metrics.runtime.labels(name, queue, state, *const) for state in OUTCOME_STATES
-        }
         self.queue_wait = metrics.queue_wait.labels(name, queue, *const)
-        self.queue_wait_unmeasured = metrics.queue_wait_unmeasured.labels(name, queue, *const)
-        self.queue_wait_clamped = metrics.queue_wait_clamped.labels(name, queue, *const)
         self.time_limit = {
             kind: metrics.time_limit.labels(name, queue, kind, *const) for kind in TIME_LIMIT_KINDS
         }
         self.worker_lost = metrics.worker_lost.labels(name, queue, *const)
         self.last_success = metrics.last_success.labels(name, *const)
         self.last_failure = metrics.last_failure.labels(name, *const)
-        # What every task does, bound once (see compat.counter_incrementer).
-        self.inc_received = counter_incrementer(self.received)
-        self.inc_redelivered = counter_incrementer(self.redelivered)
-        self.inc_started = counter_incrementer(self.started)
-        self.inc_succeeded = counter_incrementer(self.succeeded)
-        self.inc_wait_unmeasured = counter_incrementer(self.queue_wait_unmeasured)
-        self.inc_wait_clamped = counter_incrementer(self.queue_wait_clamped)
-        self.observe_wait = histogram_observer(self.queue_wait)
-        self.observe_runtime = {
-            state: histogram_observer(child) for state, child in self.runtime.items()
-        }
+        # What every task does, bound once.
+        self.inc_received = metrics.incrementer(metrics.received, (name, queue, *const))
+        self.inc_redelivered = metrics.incrementer(metrics.redelivered, (name, queue, *const))
+        self.inc_started = metrics.incrementer(metrics.started, (name, queue, *const))
+        self.inc_succeeded = metrics.incrementer(metrics.succeeded, (name, queue, *const))
+        self.observe_wait = metrics.observer(metrics.queue_wait, (name, queue, *const))
+        # The runtime of the profile's states exists at 0; the others' from their first
+        # run (the observer below creates the series, then takes its place).
+        self.observe_runtime: dict[str, Callable[[float], None]] = {}
+        for state in OUTCOME_STATES:
+            if state in metrics.zero_states:
+                self.observe_runtime[state] = metrics.observer(
+                    metrics.runtime, (name, queue, state, *const)
+                )
+            else:
+                self.observe_runtime[state] = self._first_run(state)
+        self.inc_wait_unmeasured = metrics.incrementer(
+            metrics.queue_wait_unmeasured, (name, queue, *const)
+        )
+        self.inc_wait_clamped = metrics.incrementer(
+            metrics.queue_wait_clamped, (name, queue, *const)
+        )
+
+    def _first_run(self, state: str) -> Callable[[float], None]:
+        metrics = self._metrics
+        labels = (self.name, self.queue, state, *metrics._const_values)
+
+        def create_and_observe(amount: float) -> None:
+            observe = metrics.observer(metrics.runtime, labels)
+            self.observe_runtime[state] = observe
+            observe(amount)
+
+        return create_and_observe
 
     def failed(self, exception: str) -> Counter:
         return self._metrics.failed_child(self, exception)

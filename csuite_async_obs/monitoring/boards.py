@@ -52,7 +52,7 @@ from .panels import (
     row,
     single,
 )
-from .queries import EXECUTIONS, RANGE, RATE, Scope, series
+from .queries import RANGE, RATE, RUNTIME, Scope, series
 from .rules import ALERTS
 
 __all__ = ["OVERVIEW", "TASK", "Board", "overview", "task_dashboard"]
@@ -152,7 +152,7 @@ def _overview_now(d: dash.Dashboard, b: Board) -> dash.Dashboard:
             single(
                 "Throughput",
                 "Executions finished per second, every outcome.",
-                [query(s.rate(EXECUTIONS, s.task))],
+                [query(s.observations("rate", RUNTIME, s.task))],
                 unit="ops",
                 width=3,
             ),
@@ -214,7 +214,11 @@ def _overview_throughput(d: dash.Dashboard, b: Board) -> dash.Dashboard:
     s = b.s
     # The ratio column keeps only the rows of the failures column (`and on`), so
     # both columns describe the same ten tasks.
-    top_failed = "topk(10, " + s.increase(EXECUTIONS, s.failed, "queue_name, name") + ") > 0"
+    top_failed = (
+        "topk(10, "
+        + s.observations("increase", RUNTIME, s.failed, "queue_name, name", RANGE)
+        + ") > 0"
+    )
     return row(
         d,
         "Throughput and failures",
@@ -223,7 +227,7 @@ def _overview_throughput(d: dash.Dashboard, b: Board) -> dash.Dashboard:
                 "Throughput by outcome",
                 "Executions finished per second, by final state of the "
                 "execution (a retried execution is one that raised Retry).",
-                [query(s.rate(EXECUTIONS, s.task, "state"), "{{state}}")],
+                [query(s.observations("rate", RUNTIME, s.task, "state"), "{{state}}")],
                 unit="ops",
             ),
             graph(
@@ -319,15 +323,15 @@ def _overview_latency(d: dash.Dashboard, b: Board) -> dash.Dashboard:
                 "Sum of observed seconds over the number of observations, per rate interval.",
                 [
                     query(
-                        s.rate("celery_task_runtime_seconds_sum", s.task)
+                        s.observed_sum("celery_task_runtime_seconds", s.task)
                         + "\n/\n"
-                        + s.rate("celery_task_runtime_seconds_count", s.task),
+                        + s.observations("rate", "celery_task_runtime_seconds", s.task),
                         "runtime",
                     ),
                     query(
-                        s.rate("celery_task_queue_wait_seconds_sum", s.task)
+                        s.observed_sum("celery_task_queue_wait_seconds", s.task)
                         + "\n/\n"
-                        + s.rate("celery_task_queue_wait_seconds_count", s.task),
+                        + s.observations("rate", "celery_task_queue_wait_seconds", s.task),
                         "queue wait",
                     ),
                 ],
@@ -721,13 +725,13 @@ def _task_in_range(d: dash.Dashboard, b: Board) -> dash.Dashboard:
             single(
                 "Executions",
                 "Executions finished in the time range, every outcome.",
-                [query(s.increase(EXECUTIONS, s.task))],
+                [query(s.observations("increase", RUNTIME, s.task, window=RANGE))],
                 width=4,
             ),
             single(
                 "Failures",
                 "Failed executions in the time range.",
-                [query(s.increase(EXECUTIONS, s.failed))],
+                [query(s.observations("increase", RUNTIME, s.failed, window=RANGE))],
                 width=4,
                 red_above=1,
             ),
@@ -780,7 +784,7 @@ def _task_outcomes(d: dash.Dashboard, b: Board) -> dash.Dashboard:
             graph(
                 "Executions by outcome",
                 "Executions finished per second, by final state.",
-                [query(s.rate(EXECUTIONS, s.task, "state"), "{{state}}")],
+                [query(s.observations("rate", RUNTIME, s.task, "state"), "{{state}}")],
                 unit="ops",
             ),
             graph(
@@ -856,7 +860,7 @@ def _task_latency(d: dash.Dashboard, b: Board) -> dash.Dashboard:
                 numbered(
                     [
                         query(
-                            s.increase("celery_task_runtime_seconds_bucket", s.task, "le", RATE),
+                            s.distribution("celery_task_runtime_seconds", s.task),
                             "{{le}}",
                         ).format(PromQueryFormat.HEATMAP)
                     ]

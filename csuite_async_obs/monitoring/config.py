@@ -189,6 +189,17 @@ class MonitoringConfig:
     runtime_buckets: tuple[float, ...] | None = None
     #: Rule group names start with it.
     group_prefix: str = "csuite-async-obs"
+    #: How Prometheus stores the runtime and queue-wait histograms: ``classic``
+    #: (``_bucket``/``_count``/``_sum`` series; the text formats, or
+    #: ``CSUITE_NATIVE_HISTOGRAMS=both``/``off``) or ``native`` (Prometheus started
+    #: with ``--enable-feature=native-histograms`` and workers serving
+    #: ``CSUITE_NATIVE_HISTOGRAMS=native``, the default): the rules and dashboards
+    #: read them with ``histogram_count``, ``histogram_quantile`` on the native series.
+    histograms: str = "classic"
+
+    @property
+    def native(self) -> bool:
+        return self.histograms == "native"
 
     def tuning(self, alert: str) -> AlertTuning:
         """The overrides of ``alert`` (all defaults when the config names none)."""
@@ -224,6 +235,11 @@ class MonitoringConfig:
             config = replace(config, dashboards=_dashboards(data["dashboards"]))
         if "slos" in data:
             config = replace(config, slos=_slos(data["slos"]))
+        if "histograms" in data:
+            kind = data["histograms"]
+            if kind not in ("classic", "native"):
+                raise MonitoringConfigError("histograms", kind, "classic or native")
+            config = replace(config, histograms=kind)
         if data.get("runtime_buckets") is not None:
             raw = data["runtime_buckets"]
             if not isinstance(raw, (list, tuple)) or not raw:

@@ -34,7 +34,9 @@ loaded (``/api/v1/rules``: what is loaded, not what a file says) -- and gives on
   ``csuite_async_obs_instrumentation_errors_total`` and
   ``celery_task_queue_wait_clamped_total`` (queue waits that came out negative -- a
   publisher's clock ahead of the worker's -- and were recorded as 0) is 0 on every
-  worker.  No worker serving the clamp counter fails the clock check: it cannot tell.
+  worker.  The count reported is exact, summed from the raw samples between scrapes
+  (a counter reset adds its new value), not PromQL's ``increase()``, which
+  extrapolates to the window's edges (one clamped wait showed as 2).  No worker serving the clamp counter fails the clock check: it cannot tell.
 - **series per worker**: ``count by (job, instance)`` of our series
   (``celery_.*|csuite_.*``) is reported, and fails above ``max_series`` (10000).
 
@@ -532,7 +534,7 @@ def needed_metrics(
     ``present(name)`` says whether a raw metric has series; ``recorded`` maps each
     recording rule's name to its expression.
     """
-    return _missing(expr, present, recorded, frozenset())
+    return {n for n in _missing(expr, present, recorded, frozenset()) if n not in recorded}
 
 
 def _missing(
@@ -556,7 +558,11 @@ def _missing(
         absent |= _missing(part, present, recorded, seen)
     for name in sorted(_names(outside)):
         if name in recorded:
-            if name not in seen:
+            if name in seen:
+                # A rule reading its own last value carries only what its other
+                # operands recorded: the loop itself never supplies a sample.
+                absent.add(name)
+            else:
                 absent |= _missing(recorded[name], present, recorded, seen | {name})
         elif not present(name):
             absent.add(name)
@@ -699,9 +705,12 @@ def _increase_check(
             f"no worker serves {metric}, so this cannot be told",
             "upgrade the workers' csuite-async-obs (and see the targets check)",
         )
-    by = "job, instance" + (f", {label}" if label else "")
-    window = limits.window
-    rows = api.values(f"sum by ({by}) (increase({_select(metric, sel)}[{window}])) > 0")
+    keys = ("job", "instance") + ((label,) if label else ())
+    totals: dict[tuple[str, ...], float] = {}
+    for series in api.query(f"{_select(metric, sel)}[{limits.window}]"):
+        key = tuple(series["metric"].get(k, "") for k in keys)
+        totals[key] = totals.get(key, 0.0) + _counted(series.get("values", []))
+    rows = [(dict(zip(keys, key, strict=True)), n) for key, n in totals.items() if n > 0]
     if not rows:
         return Check(name, True, f"{metric} did not increase in {limits.window}")
     seen = "; ".join(
@@ -709,6 +718,18 @@ def _increase_check(
         for labels, value in sorted(rows, key=lambda r: _target(r[0]))
     )
     return Check(name, False, f"{what} in {limits.window}: {seen}", fix)
+
+
+def _counted(samples: list[Any]) -> float:
+    """What a counter counted between its raw ``[time, value]`` samples: each rise,
+    and after a reset (a restart) its new value."""
+    total, previous = 0.0, None
+    for _, raw in samples:
+        value = float(raw)
+        if previous is not None:
+            total += value - previous if value >= previous else value
+        previous = value
+    return total
 
 
 def check_label_overflow(

@@ -37,11 +37,12 @@ from dataclasses import dataclass
 
 from .config import MonitoringConfig
 
-__all__ = ["EXECUTIONS", "RANGE", "RATE", "Scope"]
+__all__ = ["RANGE", "RATE", "RUNTIME", "Scope"]
 
 # Executions are counted by the runtime histogram: one observation each, labelled
-# with its final ``state`` (so it also gives the failure ratios).
-EXECUTIONS = "celery_task_runtime_seconds_count"
+# with its final ``state`` (so it also gives the failure ratios); see
+# Scope.observations for either kind of histogram.
+RUNTIME = "celery_task_runtime_seconds"
 
 RATE = "$__rate_interval"
 RANGE = "$__range"
@@ -63,6 +64,8 @@ class Scope:
     exporter_selector: str = ""
     cluster_label: str | None = None
     beat_selector: str = ""
+    #: The runtime and queue-wait histograms are native (one series each) in Prometheus.
+    native: bool = False
 
     @classmethod
     def from_config(cls, config: MonitoringConfig) -> Scope:
@@ -71,6 +74,7 @@ class Scope:
             config.selectors.exporter,
             config.cluster_label,
             config.selectors.beat,
+            config.native,
         )
 
     # ------------------------------------------------------------------ filters
@@ -172,15 +176,45 @@ class Scope:
     def quantile(
         self, q: float, histogram: str, selector: str, by: str = "le", window: str = RATE
     ) -> str:
-        """The ``q`` quantile of ``histogram`` (without ``_bucket``) over ``window``."""
+        """The ``q`` quantile of ``histogram`` (without ``_bucket``) over ``window``; on
+        native histograms ``le`` is not a label (the buckets are in each sample)."""
+        if self.native:
+            kept = ", ".join(x.strip() for x in by.split(",") if x.strip() != "le")
+            return f"histogram_quantile({q}, {self.rate(histogram, selector, kept, window)})"
         return f"histogram_quantile({q}, {self.rate(histogram + '_bucket', selector, by, window)})"
+
+    def observations(
+        self, fn: str, histogram: str, selector: str, by: str | None = None, window: str = RATE
+    ) -> str:
+        """``sum [by] (fn(<histogram>_count{selector}[window]))`` -- its observations per
+        second (``rate``) or in ``window`` (``increase``), of either kind."""
+        if self.native:
+            return (
+                f"{self.agg('sum', by or '')}histogram_count({fn}({histogram}{{{selector}}}"
+                f"[{window}])))"
+            )
+        return f"{self.agg('sum', by or '')}{fn}({histogram}_count{{{selector}}}[{window}]))"
+
+    def observed_sum(self, histogram: str, selector: str, by: str | None = None) -> str:
+        """``sum [by] (rate(<histogram>_sum{selector}[$__rate_interval]))``, of either kind."""
+        if self.native:
+            return (
+                f"{self.agg('sum', by or '')}histogram_sum(rate({histogram}{{{selector}}}"
+                f"[{RATE}])))"
+            )
+        return self.rate(histogram + "_sum", selector, by)
+
+    def distribution(self, histogram: str, selector: str) -> str:
+        """Observations per bucket and rate interval, for a heatmap."""
+        if self.native:
+            return self.increase(histogram, selector, None, RATE)
+        return self.increase(histogram + "_bucket", selector, "le", RATE)
 
     def failure_ratio(self, selector: str, by: str | None = None, window: str = RATE) -> str:
         """Failed executions over all executions, from the runtime histogram's counts."""
         fn = "rate" if window == RATE else "increase"
-        head = self.agg("sum", by or "")
-        failed = f'{head}{fn}({EXECUTIONS}{{{selector}, state="failed"}}[{window}]))'
-        total = f"{head}{fn}({EXECUTIONS}{{{selector}}}[{window}]))"
+        failed = self.observations(fn, RUNTIME, f'{selector}, state="failed"', by, window)
+        total = self.observations(fn, RUNTIME, selector, by, window)
         return f"{failed}\n/\n{total}"
 
     def failures_by_exception(self) -> str:

@@ -264,6 +264,14 @@ class _PromQL:
         self.exporter_matchers = config.selectors.exporter
         self.beat_matchers = config.selectors.beat
         self.cluster = config.cluster_label
+        self.native = config.native
+
+    def observations(self, histogram: str, window: str, *extra: str) -> str:
+        """``increase`` of a histogram's observation count over ``window``, per series, of
+        either kind (``_count`` of a classic one, ``histogram_count`` of a native one)."""
+        if self.native:
+            return f"histogram_count(increase({self.worker(histogram, *extra)}[{window}]))"
+        return f"increase({self.worker(histogram + '_count', *extra)}[{window}])"
 
     def worker(self, metric: str, *extra: str) -> str:
         """A series the workers serve, with the worker selector."""
@@ -346,6 +354,38 @@ def _records(config: MonitoringConfig) -> dict[str, str]:
     }
 
 
+#: How far back the last-success rule looks for its own last value: the longest
+#: Prometheus outage (or gap in rule evaluation) it carries its memory across.
+LAST_SUCCESS_CARRY = "1d"
+
+
+def _last_success(q: _PromQL, record: str, window: str) -> Rule:
+    """The last success of each task on any worker within ``window``, kept by the rule
+    itself: the workers' gauges now, or the rule's own last value while it is younger than
+    the window.  A ``max_over_time`` of the workers' gauges over the window would read
+    every sample of every worker's series at each evaluation (8 days of them, per task
+    and worker); this reads one sample per worker and task, and one day of one series
+    per task."""
+    carry = min(seconds(window), seconds(LAST_SUCCESS_CARRY))
+    gauge = q.worker("celery_task_last_success_timestamp_seconds")
+    return Rule(
+        record=record,
+        expr=f"max {q.by('name')} (\n"
+        f'  label_replace(max {q.by("name")} ({gauge}), "source", "workers", "", "")\n'
+        "  or\n"
+        f"  label_replace(max_over_time({record}[{_duration(carry)}]) > time() - "
+        f'{_num(seconds(window))}, "source", "kept", "", "")\n'
+        ")",
+        section="--- periodic tasks ------------------------------------------------------",
+        comment=f"The last success of each task on any worker in the last {_last(seconds(window))},\n"
+        "so that a restarted worker (its gauge back at 0 for every task) does not\n"
+        "forget it: the workers' gauges now, or this rule's own last value while it\n"
+        f"is younger than that (carried across a gap of up to {_span(carry)} in evaluation).\n"
+        "A max_over_time of every worker's gauge over the window would read all of its\n"
+        "samples at each evaluation.  Read by CeleryPeriodicTaskNotSucceeded.",
+    )
+
+
 def _fresh(q: _PromQL, config: MonitoringConfig, compare: str = "<") -> str:
     staleness = _num(_setting(config, "CeleryQueueDepthPollingFailing", "threshold"))
     last = q.queue("celery_queue_length_last_success_timestamp_seconds")
@@ -380,13 +420,35 @@ runbook section of each alert (the `runbook` annotation names it).  Severities:
 critical = page, warning = look today, info = ticket / chat, never a page."""
 
 
+def _wait_p95(q: _PromQL, r: Mapping[str, str], window: str) -> list[Rule]:
+    """The p95 queue wait per job and queue: through the recorded buckets of a classic
+    histogram, directly from a native one (its buckets are in each sample)."""
+    wait = "celery_task_queue_wait_seconds"
+    if q.native:
+        return [
+            Rule(
+                record=r["wait_p95"],
+                expr=f"histogram_quantile(0.95, sum {q.by('job', 'queue_name')} "
+                f"(rate({q.worker(wait)}[{window}])))",
+            )
+        ]
+    return [
+        Rule(
+            record=r["wait_buckets"],
+            expr=f"sum {q.by('job', 'queue_name', 'le')} "
+            f"(rate({q.worker(wait + '_bucket')}[{window}]))",
+        ),
+        Rule(record=r["wait_p95"], expr=f"histogram_quantile(0.95, {r['wait_buckets']})"),
+    ]
+
+
 def recording_groups(config: MonitoringConfig) -> list[Group]:
     """The recording rule group (``<group_prefix>.recording``)."""
     q = _PromQL(config)
     r = _records(config)
     w = _windows(config)
     task_by = q.by("job", "queue_name", "name")
-    runtime = "celery_task_runtime_seconds_count"
+    runtime = "celery_task_runtime_seconds"
     failed = 'state="failed"'
     staleness = _num(_setting(config, "CeleryQueueDepthPollingFailing", "threshold"))
     rules: list[Rule] = []
@@ -394,20 +456,22 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
         rules += [
             Rule(
                 record=r[f"executions_{kind}"],
-                expr=f"sum {task_by} (increase({q.worker(runtime)}[{window}]))",
+                expr=f"sum {task_by} ({q.observations(runtime, window)})",
                 section="--- failure ratio with a minimum volume -------------------------------"
                 if kind == "short"
                 else "",
-                comment="Every execution ends in exactly one state of the runtime histogram, and\n"
-                "all its series exist at 0 from worker start, so a task's first failure is\n"
-                "an increase from 0 to 1 that increase() sees (celery_task_failed_total\n"
-                "would appear at 1 and be missed)."
+                comment="Every execution ends in exactly one state of the runtime histogram; the\n"
+                "succeeded and failed series exist at 0 from worker start, so a task's first\n"
+                "failure is an increase from 0 to 1 that increase() sees\n"
+                "(celery_task_failed_total would appear at 1 and be missed).  The other\n"
+                "states' series appear at their first run (default profile), which\n"
+                "increase() misses: at most one execution per state, task and worker."
                 if kind == "short"
                 else "",
             ),
             Rule(
                 record=r[f"failures_{kind}"],
-                expr=f"sum {task_by} (increase({q.worker(runtime, failed)}[{window}]))",
+                expr=f"sum {task_by} ({q.observations(runtime, window, failed)})",
             ),
             Rule(
                 record=r[f"ratio_{kind}"],
@@ -445,12 +509,7 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
             expr=f"sum {q.by('queue_name')} "
             f"(increase({q.worker('celery_task_started_total')}[{w['draining']}]))",
         ),
-        Rule(
-            record=r["wait_buckets"],
-            expr=f"sum {q.by('job', 'queue_name', 'le')} "
-            f"(rate({q.worker('celery_task_queue_wait_seconds_bucket')}[{w['wait']}]))",
-        ),
-        Rule(record=r["wait_p95"], expr=f"histogram_quantile(0.95, {r['wait_buckets']})"),
+        *_wait_p95(q, r, w["wait"]),
         Rule(
             record=r["saturation"],
             expr=f"sum {q.by('job')} ({q.worker('celery_worker_tasks_active')}) / "
@@ -463,17 +522,7 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
             comment="One series per job while at least one of its workers is scraped: the\n"
             'cheap memory behind "this job had workers" in the worker-down alerts.',
         ),
-        Rule(
-            record=r["last_success"],
-            expr=f"max {q.by('name')} "
-            f"(max_over_time({q.worker('celery_task_last_success_timestamp_seconds')}"
-            f"[{w['success']}]))",
-            section="--- periodic tasks ------------------------------------------------------",
-            comment="The last success of each task on any worker in the last "
-            f"{_last(seconds(w['success']))}: the max over\n"
-            "time, so that a restarted worker (its gauge back at 0 for every task) does\n"
-            "not forget it.  Read by CeleryPeriodicTaskNotSucceeded.",
-        ),
+        _last_success(q, r["last_success"], w["success"]),
     ]
     return [Group(f"{config.group_prefix}.recording", rules)]
 

@@ -80,7 +80,11 @@ How this differs from sloth and Pyrra, and why:
   a boundary of the workers' ``runtime_buckets`` (checked; no interpolation, as in
   both).  ``le`` is matched as exposed: Python's ``repr`` of the float (``30.0``),
   which is also prometheus_client's and Prometheus 3's normalised form below 1e6;
-  above, both forms are matched.
+  above, both forms are matched.  With native histograms (``histograms: native``)
+  there is no such bucket: the share under the threshold is ``histogram_fraction``,
+  which interpolates within the native bucket that holds the threshold (schema 3:
+  a bucket is 9% wide, so at most the share of runs in that one bucket is misread),
+  and the check that the threshold is a classic boundary does not apply.
 * No metadata series (sloth's ``slo:objective:ratio`` and friends): objective and
   budget are constants in the generated expressions and dashboard, which read
   from the same config.
@@ -286,7 +290,7 @@ def validate_slos(config: MonitoringConfig) -> None:
         names.add(slo.name)
         if slo.success_ratio is None and slo.latency is None:
             raise MonitoringConfigError(f"slos.{slo.name}", slo, "success_ratio and/or latency")
-        if slo.latency is not None:
+        if slo.latency is not None and not config.native:
             threshold = slo.latency.threshold_seconds
             if not any(float(b) == threshold for b in buckets) or math.isinf(threshold):
                 raise MonitoringConfigError(
@@ -330,18 +334,34 @@ def _objectives(config: MonitoringConfig, slo: SLO) -> list[_Objective]:
     def rate(metric: str, matchers: str) -> str:
         return f"sum{by} (rate({metric}{{{base}, {matchers}}}[{{window}}]))"
 
+    def runs(matchers: str) -> str:
+        """Executions per second: the runtime histogram's count, of either kind."""
+        if config.native:
+            return f"sum{by} (histogram_count(rate({RUNTIME}{{{base}, {matchers}}}[{{window}}])))"
+        return rate(f"{RUNTIME}_count", matchers)
+
+    def fast_runs(threshold: float) -> str:
+        """Successful executions per second that took at most ``threshold``: the bucket of
+        a classic histogram; a native one's share under it (interpolated within the
+        native bucket that holds the threshold: see the module docstring)."""
+        if config.native:
+            series = f'rate({RUNTIME}{{{base}, state="succeeded"}}[{{window}}])'
+            return (
+                f"sum{by} (histogram_fraction(0, {threshold:g}, {series}) * "
+                f"histogram_count({series}))"
+            )
+        return rate(f"{RUNTIME}_bucket", f'state="succeeded", {_le_matcher(threshold)}')
+
     out = []
     if slo.success_ratio is not None:
         out.append(_Objective(
             slo, "success", slo.success_ratio,
-            errors=rate(f"{RUNTIME}_count", 'state="failed"'),
-            events=rate(f"{RUNTIME}_count", 'state=~"succeeded|failed"'),
+            errors=runs('state="failed"'),
+            events=runs('state=~"succeeded|failed"'),
         ))  # fmt: skip
     if slo.latency is not None:
-        succeeded = rate(f"{RUNTIME}_count", 'state="succeeded"')
-        fast = rate(
-            f"{RUNTIME}_bucket", f'state="succeeded", {_le_matcher(slo.latency.threshold_seconds)}'
-        )
+        succeeded = runs('state="succeeded"')
+        fast = fast_runs(slo.latency.threshold_seconds)
         out.append(_Objective(
             slo, "latency", slo.latency.ratio, errors=f"{succeeded}\n-\n{fast}", events=succeeded
         ))  # fmt: skip

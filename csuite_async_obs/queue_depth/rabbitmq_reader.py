@@ -154,7 +154,7 @@ def management_api_for(conn: Any, override: str = "", timeout: float = 3.0) -> M
     else:
         host = str(conn.hostname or "localhost")
         netloc = f"[{host}]" if ":" in host else host
-        https = bool(use_ssl)
+        https = _uses_tls(conn)
         base = f"{'https' if https else 'http'}://{netloc}:{DEFAULT_PORT}"
     vhost = str(conn.virtual_host or "/")
     return ManagementAPI(
@@ -165,6 +165,17 @@ def management_api_for(conn: Any, override: str = "", timeout: float = 3.0) -> M
         timeout=timeout,
         ssl_context=_ssl_context(use_ssl) if https else None,
     )
+
+
+#: kombu's transport aliases that are AMQP over TLS (``amqps://``; kombu 5.4 to 5.7).
+_TLS_TRANSPORTS = frozenset({"amqps"})
+
+
+def _uses_tls(conn: Any) -> bool:
+    # A bare amqps:// URL sets ``conn.ssl`` only once kombu has built the transport
+    # (SSLTransport's __init__), which the poller's fresh connection has not: the URL's
+    # transport name tells it before that.
+    return bool(getattr(conn, "ssl", None)) or str(conn.transport_cls) in _TLS_TRANSPORTS
 
 
 def _count(row: Mapping[str, Any], key: str) -> int | None:

@@ -82,6 +82,7 @@ class PrometheusServer:
         labels: Mapping[str, Mapping[str, str]] | None = None,
         port: int | None = None,
         binary: str | None = None,
+        features: Sequence[str] = (),
     ) -> None:
         if isinstance(targets, Mapping):
             self.jobs = {name: list(addresses) for name, addresses in targets.items()}
@@ -96,6 +97,9 @@ class PrometheusServer:
         self.evaluation_interval = evaluation_interval
         self.port = port or free_port()
         self.binary = binary or find_prometheus()
+        #: ``--enable-feature`` values (``native-histograms``: Prometheus asks for the
+        #: protobuf exposition and keeps native histograms).
+        self.features = tuple(features)
         self.process: subprocess.Popen[bytes] | None = None
         self.process_status: int | None = None
         self.directory: Path | None = None
@@ -156,6 +160,7 @@ class PrometheusServer:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=1d",
                 "--log.level=warn",
+                *(f"--enable-feature={feature}" for feature in self.features),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

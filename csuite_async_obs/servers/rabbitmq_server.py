@@ -214,6 +214,19 @@ class RabbitMQServer:
         stop_process(self._epmd, signal.SIGKILL, group=True)
         self._epmd = None
 
+    @contextlib.contextmanager
+    def paused(self) -> Any:
+        """The node stopped (SIGSTOP of its process group) for the block, then continued:
+        its sockets stay open and the kernel still accepts connections, but nothing
+        answers, as with a hung or partitioned broker."""
+        if self.process is None:
+            raise ProcessError("the node is not running")
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        try:
+            yield self
+        finally:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
     def _start_epmd(self) -> None:
         # Started by us, in the foreground: the node would start one that daemonises
         # out of reach and outlives it.
@@ -227,9 +240,9 @@ class RabbitMQServer:
             start_new_session=True,
         )
 
-    def close(self) -> None:
-        """Stop the node and remove its folder."""
-        self.stop()
+    def close(self, kill: bool = False) -> None:
+        """Stop the node (see :meth:`stop`) and remove its folder."""
+        self.stop(kill=kill)
         if self._dir and os.path.isdir(self._dir):
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None

@@ -23,20 +23,12 @@ from kombu.utils.encoding import safe_str
 from ..logs import get_logger
 from .app import get_celery_app
 from .known_states import mark_queued
+from .producers import publish_producer
+from .retry_policy import PUBLISH_RETRY_POLICY, bounded
 
 __all__ = ["PUBLISH_RETRY_POLICY", "async_task", "delay_task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# At most ~1.5 s of retries after the first failed attempt.  With the socket
-# timeouts below, "broker down" is known in about 1 s when the connection is
-# refused and about 3 s when the broker accepts but never answers (tested).
-PUBLISH_RETRY_POLICY = {
-    "max_retries": 2,
-    "interval_start": 0.25,
-    "interval_step": 0.5,
-    "interval_max": 1.0,
-}
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -89,15 +81,27 @@ def delay_task(fn_or_task: Any, *args: Any, **kwargs: Any) -> AsyncResult | None
 
     "Cannot" is decided in seconds: the publish is retried at most
     ``PUBLISH_RETRY_POLICY["max_retries"]`` times with short intervals and
-    short socket timeouts.  The failure is logged; the caller may then run the
+    short socket timeouts (on AMQP, on connections of its own: see
+    :mod:`.producers`).  The failure is logged; the caller may then run the
     work inline (``fn_or_task(*args, **kwargs)``).
     """
     task = _as_task(fn_or_task)
     task_id = uuid()
     try:
-        result = task.apply_async(
-            args, kwargs, task_id=task_id, retry=True, retry_policy=PUBLISH_RETRY_POLICY
-        )
+        if task.app.conf.task_always_eager:
+            # Runs here and now: no broker, and a held producer would be held for the
+            # whole task (nested eager calls would wait for one another).
+            result = task.apply_async(args, kwargs, task_id=task_id)
+        else:
+            with bounded(), publish_producer(task.app) as producer:
+                result = task.apply_async(
+                    args,
+                    kwargs,
+                    task_id=task_id,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY_POLICY,
+                    producer=producer,
+                )
     except _CONNECTION_ERRORS as exc:
         get_logger().warning(
             "task_publish_failed",

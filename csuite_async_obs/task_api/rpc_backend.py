@@ -31,10 +31,13 @@ from typing import Any
 
 from celery import states
 from celery.backends.rpc import ResultConsumer, RPCBackend
+from celery.result import task_join_will_block
+from kombu.common import maybe_declare
 from kombu.utils.compat import register_after_fork  # type: ignore[attr-defined]  # as rpc.py
 
 from ..compat import rpc_records_consumer_states
 from .known_states import KnownStates
+from .retry_policy import PUBLISH_RETRY_POLICY, in_bounded_publish
 
 __all__ = ["RECORD_LIMIT", "RPCResultBackend", "wants_rpc_backend"]
 
@@ -68,6 +71,15 @@ class RPCResultBackend(KnownStates, RPCBackend):  # type: ignore[misc]
         self._hooked = rpc_records_consumer_states()
         if register_after_fork is not None:
             register_after_fork(self, _clear_record)
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Declare the reply queue before a publish, as Celery does; in a ``delay_task``
+        publish give up as the publish does (Celery's declare retries for ever, so a
+        broker that stopped answering hung ``delay_task`` for good)."""
+        if not in_bounded_publish():
+            super().on_task_call(producer, task_id)
+        elif not task_join_will_block():
+            maybe_declare(self.binding(producer.channel), retry=True, **PUBLISH_RETRY_POLICY)
 
     # ----------------------------------------------------------------- record
 
