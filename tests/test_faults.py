@@ -843,14 +843,23 @@ def test_rabbitmq_restarted_under_load(
             # A crash flags every recovered message: some were in flight at the kill.
             assert redelivered >= prefetched_before > 0, report
         else:
-            # A clean restart: each message received once, run once, and the
-            # received - started - prefetched balance is back to 0.
+            # A clean restart: each message received once, and the received - started -
+            # prefetched balance is back to 0, but for what really ran twice.
             # (Whether any message was still unacknowledged when the connections
             # closed depends on how fast the pool drained its prefetch meanwhile:
-            # what was is in redelivered, equal to RabbitMQ's count above.)
-            assert max(runs.values()) == 1, report
+            # what was is in redelivered, equal to RabbitMQ's count above.)  An
+            # acknowledgement written as `rabbitmqctl stop` closes the connection can be
+            # lost (seen in CI: 201 runs of 200 messages): the broker then delivers that
+            # message again, flagged, and it runs again: at-least-once, as Celery
+            # promises with early acknowledgement too.  Started counts both runs, as
+            # they happened; each second run must have come as a flagged delivery.
+            ran_twice = sum(n - 1 for n in runs.values())
+            per_id = collections.Counter(deliveries)
+            assert all(per_id[i] >= n for i, n in runs.items()), report
+            assert ran_twice <= redelivered, report
             assert received == n_tasks == len(set(deliveries)), report
-            assert received - started - s.value("celery_worker_prefetched_tasks") == 0, report
+            balance = received - started - s.value("celery_worker_prefetched_tasks") + ran_twice
+            assert balance == 0, report
         _no_instrumentation_errors(s)
     finally:
         with contextlib.ExitStack() as cleanup:
