@@ -193,7 +193,7 @@ def test_custom_tuning_reaches_the_rules(custom: tuple[MonitoringConfig, Path]) 
     for name, alert in alerts.items():
         assert alert["annotations"]["runbook"] == f"https://wiki.example.com/celery#{name.lower()}"
     groups = [g["name"] for t in rule_files(config).values() for g in yaml.safe_load(t)["groups"]]
-    assert groups == ["prod.recording", "prod.alerts", "prod.periodic"]
+    assert groups == ["prod.recording", "prod.recording.long", "prod.alerts", "prod.periodic"]
 
 
 def test_custom_cluster_and_selector_in_a_promtool_unit_test(
@@ -228,7 +228,7 @@ def test_custom_cluster_and_selector_in_a_promtool_unit_test(
     document = {
         "rule_files": ["prometheus/recording.rules.yml", "prometheus/alerts.rules.yml"],
         "evaluation_interval": "1m",
-        "group_eval_order": ["prod.recording", "prod.alerts"],
+        "group_eval_order": ["prod.recording", "prod.recording.long", "prod.alerts"],
         "tests": [
             {
                 "interval": "1m",
@@ -471,3 +471,52 @@ def test_rule_writer_spells_plain_mapping_groups_back_exactly() -> None:
     text = dump_groups(groups)
     assert yaml.safe_load(text) == {"groups": groups}
     assert '        labels:\n          ratio: "0.995"\n' in text
+
+
+def _groups(config: MonitoringConfig) -> dict[str, dict[str, Any]]:
+    return {g["name"]: g for t in rule_files(config).values() for g in yaml.safe_load(t)["groups"]}
+
+
+def test_long_window_rules_have_a_group_and_interval_of_their_own() -> None:
+    """The rules reading every sample of the long window run every long_window_interval;
+    the rest of the recording rules at the global interval, in the group the alerts read
+    first."""
+    groups = _groups(MonitoringConfig())
+    long, short = groups["csuite-async-obs.recording.long"], groups["csuite-async-obs.recording"]
+    assert long["interval"] == "1m" and "interval" not in short
+    assert [r["record"] for r in long["rules"]] == [
+        "task:celery_task_executions:increase1h",
+        "task:celery_task_failures:increase1h",
+        "task:celery_task_failures:ratio1h",
+    ]
+    assert not any("[1h]" in r["expr"] for r in short["rules"])
+    # The window follows the alert's tuning; null leaves the interval to Prometheus.
+    tuned = MonitoringConfig.from_mapping(
+        {"alerts": {"CeleryRareTaskFailed": {"window": "2h"}}, "long_window_interval": "2m"}
+    )
+    long = _groups(tuned)["csuite-async-obs.recording.long"]
+    assert long["interval"] == "2m"
+    assert all("[2h]" in r["expr"] for r in long["rules"][:2])
+    unset = _groups(MonitoringConfig.from_mapping({"long_window_interval": None}))
+    assert "interval" not in unset["csuite-async-obs.recording.long"]
+
+
+@pytest.mark.parametrize(
+    ("data", "value", "expected"),
+    [
+        ({"long_window_interval": "a minute"}, "a minute", "a Prometheus duration"),
+        # Past the 5 m lookback the alerts would see gaps between evaluations.
+        ({"long_window_interval": "5m"}, "5m", "at most 4m"),
+        # A quarter of the window at most: a failure must not come and go unseen.
+        ({"long_window_interval": "2m", "alerts": {"CeleryRareTaskFailed": {"window": "6m"},
+                                                 "CeleryTaskFailureRatioHigh": {"window": "5m"}}},
+         "2m", "a quarter of CeleryRareTaskFailed's window (6m)"),
+    ],
+)  # fmt: skip
+def test_long_window_interval_errors_name_it(
+    data: dict[str, Any], value: str, expected: str
+) -> None:
+    with pytest.raises(MonitoringConfigError) as caught:
+        rule_files(MonitoringConfig.from_mapping(data))
+    assert (caught.value.key, caught.value.value) == ("long_window_interval", value)
+    assert expected in str(caught.value)

@@ -174,7 +174,8 @@ def test_demo_from_the_wheel_shows_the_rule_groups_prometheus_loaded(
     [loaded] = [line for line in lines if "rule groups loaded" in line]
     assert loaded == (
         "prometheus: rule groups loaded (read from /api/v1/rules): "
-        "csuite-async-obs.recording (14 rules), csuite-async-obs.alerts (16 rules), "
+        "csuite-async-obs.recording (11 rules), csuite-async-obs.recording.long (3 rules), "
+        "csuite-async-obs.alerts (16 rules), "
         "csuite-async-obs.periodic (3 rules)"
     ), lines
     assert re.match(

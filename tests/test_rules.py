@@ -29,7 +29,12 @@ EXPECTED_ALERTS = (
     "CeleryInstrumentationErrors", "CeleryMetricsLabelOverflow",
     "CeleryBeatDown", "CeleryBeatEntryOverdue", "CeleryPeriodicTaskNotSucceeded",
 )  # fmt: skip
-GROUPS = ("csuite-async-obs.recording", "csuite-async-obs.alerts", "csuite-async-obs.periodic")
+GROUPS = (
+    "csuite-async-obs.recording",
+    "csuite-async-obs.recording.long",
+    "csuite-async-obs.alerts",
+    "csuite-async-obs.periodic",
+)
 
 
 def rules(kind: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ Python 3.11+) of the same shape.  Its defaults give the committed ``alerts/`` an
       CeleryQueueBacklogGrowing: {threshold: 500, for: 30m}
       CeleryWorkerSaturated: {enabled: false}
     dashboards: {title_prefix: "Prod ", tags: [celery, prod], uid_prefix: prod-}
+    long_window_interval: 1m              # the 1h failure rules' own evaluation interval
     slos:
       - name: backup
         task: csuite.backup_*
@@ -196,6 +197,13 @@ class MonitoringConfig:
     #: ``CSUITE_NATIVE_HISTOGRAMS=native``, the default): the rules and dashboards
     #: read them with ``histogram_count``, ``histogram_quantile`` on the native series.
     histograms: str = "classic"
+    #: How often the long-window recording rules (the failure counts and ratio over
+    #: ``CeleryRareTaskFailed``'s window, 1h by default) are evaluated: their own group
+    #: with this ``interval``.  They read every sample of that window, per task, queue
+    #: and worker: at fleet scale the costliest rules of all (measured: most of the
+    #: recording group's time at 1,000 workers), for an info alert that a minute's
+    #: delay does not change.  ``None``: Prometheus's global ``evaluation_interval``.
+    long_window_interval: str | None = "1m"
 
     @property
     def native(self) -> bool:
@@ -240,6 +248,10 @@ class MonitoringConfig:
             if kind not in ("classic", "native"):
                 raise MonitoringConfigError("histograms", kind, "classic or native")
             config = replace(config, histograms=kind)
+        if "long_window_interval" in data:
+            raw = data["long_window_interval"]
+            interval = None if raw is None else _duration("long_window_interval", raw)
+            config = replace(config, long_window_interval=interval)
         if data.get("runtime_buckets") is not None:
             raw = data["runtime_buckets"]
             if not isinstance(raw, (list, tuple)) or not raw:

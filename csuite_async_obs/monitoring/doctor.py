@@ -13,9 +13,11 @@ loaded (``/api/v1/rules``: what is loaded, not what a file says) -- and gives on
   of every poller (workers and standalone exporters) is under ``max_poll_age``
   (60 s by default, the staleness the rules use; at least 2 x poll interval + poll
   timeout); no poller at all fails too, as every queue alert is then blind.
-- **rules**: the groups named ``<group_prefix>.recording`` and ``<group_prefix>.alerts``
-  are loaded; every group of ours has health ``ok`` on each rule, no ``lastError``, and
-  was evaluated within 3 intervals (+10 s) of Prometheus's own clock.
+- **rules**: the groups named ``<group_prefix>.recording``, ``<group_prefix>.recording.long``
+  and ``<group_prefix>.alerts`` are loaded; every group of ours has health ``ok`` on each
+  rule, no ``lastError``, was evaluated within 3 intervals (+10 s) of Prometheus's own
+  clock, and its last evaluation took no longer than its interval (a slower group skips
+  evaluations).
 - **alert series**: for each alerting rule of our groups, whether its expression can
   produce a result with the series this Prometheus has.  The expression is split at its
   top-level ``or`` (either side suffices), ``and`` (both needed) and ``unless`` (only the
@@ -358,7 +360,11 @@ def our_groups(groups: Iterable[Mapping[str, Any]], config: MonitoringConfig) ->
 def check_rules(groups: Sequence[Mapping[str, Any]], config: MonitoringConfig, now: float) -> Check:
     """Our rule groups are loaded, healthy and evaluating."""
     ours = our_groups(groups, config)
-    expected = [f"{config.group_prefix}.recording", f"{config.group_prefix}.alerts"]
+    expected = [
+        f"{config.group_prefix}.recording",
+        f"{config.group_prefix}.recording.long",
+        f"{config.group_prefix}.alerts",
+    ]
     missing = [name for name in expected if name not in {g["name"] for g in ours}]
     if missing:
         return Check(
@@ -379,6 +385,13 @@ def check_rules(groups: Sequence[Mapping[str, Any]], config: MonitoringConfig, n
             problems.append(f"{group['name']} not evaluated yet")
         elif now - last > 3 * interval + 10:
             problems.append(f"{group['name']} last evaluated {now - last:.0f}s ago")
+        took = group.get("evaluationTime")
+        # A group slower than its interval skips evaluations (Prometheus counts them in
+        # prometheus_rule_group_iterations_missed_total): its alerts see holes.
+        if isinstance(took, (int, float)) and took > interval:
+            problems.append(
+                f"{group['name']} took {took:.1f}s to evaluate, over its {interval:g}s interval"
+            )
         for rule in group.get("rules", []):
             count += 1
             name = rule.get("name", "?")
@@ -392,8 +405,10 @@ def check_rules(groups: Sequence[Mapping[str, Any]], config: MonitoringConfig, n
             False,
             "; ".join(problems),
             "a rule's error is in its text (e.g. many-to-many matching: two targets with "
-            "the same labels); a group not evaluating: Prometheus is overloaded, see "
-            "prometheus_rule_group_iterations_missed_total",
+            "the same labels); a group not evaluating, or slower than its interval: "
+            "Prometheus is overloaded (see prometheus_rule_group_iterations_missed_total): "
+            "give it more CPU, or the group a longer interval (long_window_interval in the "
+            "monitoring config, or the global evaluation_interval)",
         )
     return Check("rules", True, f"{len(ours)} group(s), {count} rules, healthy and evaluating")
 

@@ -256,6 +256,9 @@ def example_config() -> str:
         "#  - name: reports-latency",
         "#    task: csuite.generate_report",
         "#    latency: {threshold_seconds: 30, ratio: 0.99}   # a runtime bucket boundary",
+        "# How often the long-window failure rules (CeleryRareTaskFailed's window) are",
+        "# evaluated, in a group of their own; null: the global evaluation_interval.",
+        f"long_window_interval: {scalar(defaults.long_window_interval)}",
         "# The workers' CSUITE_RUNTIME_BUCKETS, if changed (latency SLOs are checked against them).",
         "runtime_buckets: null",
     ]

@@ -199,6 +199,11 @@ def _percent(value: float) -> str:
     return f"{value * 100:g}%"
 
 
+#: The longest ``long_window_interval``: under Prometheus's default 5 m lookback, with
+#: room for an evaluation that runs late.
+LONG_INTERVAL_MAX = 240.0
+
+
 def validate(config: MonitoringConfig) -> None:
     """Check the tuning against the alerts; raises :class:`MonitoringConfigError`.
 
@@ -228,6 +233,20 @@ def validate(config: MonitoringConfig) -> None:
             "alerts.CeleryTaskFailureRatioHigh.window",
             short,
             f"a window shorter than CeleryRareTaskFailed's ({long}), the failure ratio's long window",
+        )
+    interval = config.long_window_interval
+    # An interval as long as the window would let a failure come and go unseen, and
+    # the alerts read the recorded series through Prometheus's 5 m lookback: an
+    # interval past it would leave them gaps with no value.
+    if interval is not None and (
+        seconds(interval) * 4 > seconds(str(long)) or seconds(interval) > LONG_INTERVAL_MAX
+    ):
+        raise MonitoringConfigError(
+            "long_window_interval",
+            interval,
+            f"an interval of at most a quarter of CeleryRareTaskFailed's window ({long}) and "
+            f"at most {_duration(LONG_INTERVAL_MAX)} (the alerts read these series through "
+            "the 5m lookback), or null for the global evaluation_interval",
         )
 
 
@@ -443,7 +462,9 @@ def _wait_p95(q: _PromQL, r: Mapping[str, str], window: str) -> list[Rule]:
 
 
 def recording_groups(config: MonitoringConfig) -> list[Group]:
-    """The recording rule group (``<group_prefix>.recording``)."""
+    """The recording rule groups: ``<group_prefix>.recording``, and
+    ``<group_prefix>.recording.long`` (the long-window failure rules, evaluated every
+    ``long_window_interval``)."""
     q = _PromQL(config)
     r = _records(config)
     w = _windows(config)
@@ -452,8 +473,9 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
     failed = 'state="failed"'
     staleness = _num(_setting(config, "CeleryQueueDepthPollingFailing", "threshold"))
     rules: list[Rule] = []
+    failure_rules: dict[str, list[Rule]] = {}
     for window, kind in ((w["ratio"], "short"), (w["rare"], "long")):
-        rules += [
+        failure_rules[kind] = [
             Rule(
                 record=r[f"executions_{kind}"],
                 expr=f"sum {task_by} ({q.observations(runtime, window)})",
@@ -478,6 +500,16 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
                 expr=f"{r[f'failures_{kind}']} / {r[f'executions_{kind}']}",
             ),
         ]
+    rules += failure_rules["short"]
+    long_rules = failure_rules["long"]
+    long_rules[0] = replace(
+        long_rules[0],
+        section="--- failure ratio over the long window ---------------------------------",
+        comment="The same over CeleryRareTaskFailed's window, in a group of its own with a\n"
+        "longer interval (the config's long_window_interval): these read every\n"
+        "sample of the window per task, queue and worker, the costliest rules at\n"
+        "fleet scale, for alerts that a minute's delay does not change.",
+    )
     fresh = _fresh(q, config)
     on_target = q.on("job", "instance")
     for key, metric in (
@@ -524,7 +556,10 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
         ),
         _last_success(q, r["last_success"], w["success"]),
     ]
-    return [Group(f"{config.group_prefix}.recording", rules)]
+    return [
+        Group(f"{config.group_prefix}.recording", rules),
+        Group(f"{config.group_prefix}.recording.long", long_rules, config.long_window_interval),
+    ]
 
 
 def _alert(
