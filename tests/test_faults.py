@@ -788,6 +788,7 @@ def test_rabbitmq_restarted_under_load(
 
         def settled() -> Samples | None:
             _worker_running(worker)
+            previous = last.get("look")
             last.clear()
             live = rabbitmq_server.list_queues(vhost).get(Q)
             last["live"] = live
@@ -798,11 +799,22 @@ def test_rabbitmq_restarted_under_load(
             active = s.value("celery_worker_tasks_active") or 0
             finished = s.sum("celery_task_runtime_seconds_count", name="tests.mark")
             executions = len(_files(marks))
-            last.update(prefetched=prefetched, active=active, finished=finished,
+            look = dict(prefetched=prefetched, active=active, finished=finished,
                         executions=executions)  # fmt: skip
-            if prefetched != 0:
+            # The same look twice in a row: nothing is still finishing (a task takes 50 ms).
+            steady = previous == look
+            last["look"] = look
+            if prefetched != 0 or not steady:
                 return None
-            return s if active == 0 and finished == executions else None
+            if celery.VERSION >= (5, 7):
+                return s if active == 0 and finished == executions else None
+            # Before 5.7 the requests running at the outage never finish in Celery's
+            # main process (compat.BEHAVIOURS: active_after_broker_restart): they stay
+            # active, or leave Celery's state without an end when their message is
+            # delivered again and runs (after a crash).  At most the pool's two.
+            return (
+                s if 0 <= executions - finished <= 2 and active <= executions - finished else None
+            )
 
         try:
             s = wait_for(settled, 180, interval=0.5, message="queue drained and counters settled")
@@ -827,9 +839,15 @@ def test_rabbitmq_restarted_under_load(
         redelivered = _val(s, "celery_task_redelivered_total", **labels)
         started = _val(s, "celery_task_started_total", **labels)
         succeeded = _val(s, "celery_task_succeeded_total", **labels)
+        # Executions in a pool child that Celery's main process (where starts and outcomes
+        # are counted) never saw begin, or never saw end: 0 from 5.7, above.
+        never_started = len(executions) - started
+        unfinished = started - s.sum("celery_task_runtime_seconds_count", name="tests.mark")
         report = (
             f"rabbitmq outage: published {n_tasks}, {prefetched_before} unacked at the kill; "
-            f"ran {len(executions)} ({len(runs)} distinct); deliveries {len(deliveries)}; "
+            f"ran {len(executions)} ({len(runs)} distinct), in celery {celery.__version__} "
+            f"{never_started:.0f} never started and {unfinished:.0f} never finished in the main "
+            f"process; deliveries {len(deliveries)}; "
             f"broker redelivered {broker_redelivered}; counters: received {received:.0f} "
             f"redelivered {redelivered:.0f} started {started:.0f} succeeded {succeeded:.0f}"
         )
@@ -838,7 +856,16 @@ def test_rabbitmq_restarted_under_load(
         # Every delivery counted once, as received or as redelivered: the broker's flag.
         assert received + redelivered == len(deliveries), report
         assert redelivered == broker_redelivered, report
-        assert started == len(executions) == succeeded, report
+        assert succeeded == started - unfinished, report
+        if celery.VERSION >= (5, 7):
+            assert never_started == unfinished == 0, report
+        else:
+            # The jobs in the pool's two children at the outage: Celery before 5.7 loses
+            # the child's news of them (compat.BEHAVIOURS: active_after_broker_restart).
+            # One whose start never reached the main process was never acknowledged
+            # either: its message comes again and runs again, seen this time.
+            assert never_started >= 0 and unfinished >= 0, report
+            assert never_started + unfinished <= 2, report
         if kill:
             # A crash flags every recovered message: some were in flight at the kill.
             assert redelivered >= prefetched_before > 0, report
@@ -858,7 +885,10 @@ def test_rabbitmq_restarted_under_load(
             assert all(per_id[i] >= n for i, n in runs.items()), report
             assert ran_twice <= redelivered, report
             assert received == n_tasks == len(set(deliveries)), report
-            balance = received - started - s.value("celery_worker_prefetched_tasks") + ran_twice
+            # (Twice as the counters saw it: a first run the main process never saw start
+            # is not in started.)
+            seen_twice = ran_twice - never_started
+            balance = received - started - s.value("celery_worker_prefetched_tasks") + seen_twice
             assert balance == 0, report
         _no_instrumentation_errors(s)
     finally:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import celery
 import pytest
 import redis
 from celery import Celery
@@ -312,7 +313,13 @@ def test_redelivery_after_rabbitmq_restart(
     assert _val(s, "celery_task_received_total", **blocker) == first["tests.gate"] == 1
     assert _val(s, "celery_task_redelivered_total", **blocker) == again["tests.gate"] == 0
     assert _val(s, "celery_task_started_total", **blocker) == 1
-    assert _val(s, "celery_task_succeeded_total", **blocker) == 1
+    # Celery before 5.7 keeps a request that was running when the broker died active for
+    # good (compat.BEHAVIOURS: active_after_broker_restart): its end never reaches the
+    # main process, where outcomes are counted, and Celery's own state (read by the
+    # active gauge) still lists it.  5.7 finishes it.
+    finished = 1 if celery.VERSION >= (5, 7) else 0
+    assert _val(s, "celery_task_succeeded_total", **blocker) == finished, report
+    assert s.value("celery_worker_tasks_active") == 1 - finished, report
     assert _balance(s) == 0, report
     assert s.sum("csuite_async_obs_instrumentation_errors_total") == 0
 
