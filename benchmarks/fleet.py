@@ -394,7 +394,18 @@ def _measure(
         group = series["metric"].get("rule_group", "?").split(";", 1)[-1]
         groups[group] = _quantiles([float(v) for _, v in series["values"]])
     out["rule_groups_s"] = dict(sorted(groups.items()))
-    out["rule_eval_total_median_s"] = sum(g["median"] or 0.0 for g in groups.values())
+    # Per round of the global evaluation interval (the shortest): a group with a longer
+    # interval of its own (recording.long, 1m) counts the share of it one round carries.
+    intervals = {
+        series["metric"].get("rule_group", "?").split(";", 1)[-1]: float(series["value"][1])
+        for series in prom.query("prometheus_rule_group_interval_seconds")
+    }
+    shortest = min(intervals.values(), default=1.0)
+    out["rule_group_intervals_s"] = dict(sorted(intervals.items()))
+    out["rule_eval_total_median_s"] = sum(
+        (g["median"] or 0.0) * shortest / intervals.get(name, shortest)
+        for name, g in groups.items()
+    )
     out["rule_iterations_missed"] = _value(
         prom, "sum(prometheus_rule_group_iterations_missed_total)"
     )
@@ -831,9 +842,11 @@ NOTES = [
     "peer: 7 zero-initialised counters and two 15-bucket histograms per name, with "
     "`_created` series (prometheus_client's text format), named celery_peer_*; the package's "
     "default classic rules are loaded and select nothing of it.",
-    "Rule groups are every group write_rules() ships for MonitoringConfig() (recording and "
-    "alerts; no SLO groups, which exist only when a config declares SLOs); native loads "
-    "the MonitoringConfig(histograms='native') rules.",
+    "Rule groups are every group write_rules() ships for MonitoringConfig() (recording, "
+    "recording.long, alerts and periodic; no SLO groups, which exist only when a config "
+    "declares SLOs); native loads the MonitoringConfig(histograms='native') rules. Rule "
+    "evaluation per round counts a group with an interval of its own (recording.long, 1m) "
+    "by the share of it one round of the global interval carries.",
 ]
 
 

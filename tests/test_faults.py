@@ -557,6 +557,7 @@ def test_broker_killed_and_restarted_under_load(tmp_path: Path, redis_server: Re
         client = redis.Redis(port=broker.port)
 
         stuck: list[int] = []
+        looks: list[tuple[float, float, int]] = []
 
         def settled() -> Samples | None:
             _worker_running(worker)
@@ -570,6 +571,11 @@ def test_broker_killed_and_restarted_under_load(tmp_path: Path, redis_server: Re
             # or is still active in Celery's own worker state (our gauge reads it).
             active = s.value("celery_worker_tasks_active") or 0
             finished = s.sum("celery_task_runtime_seconds_count", name="tests.mark")
+            # The same look twice in a row (a task takes 20 ms): a task still running
+            # is active too, and must not pass for one stuck (seen on 5.4: 3 "stuck").
+            looks.append((active, finished, executions))
+            if len(looks) < 2 or looks[-2] != looks[-1]:
+                return None
             if finished + active != executions:
                 return None
             # Celery 5.7 finishes what ran through the outage: the last tasks may still be
@@ -808,13 +814,10 @@ def test_rabbitmq_restarted_under_load(
                 return None
             if celery.VERSION >= (5, 7):
                 return s if active == 0 and finished == executions else None
-            # Before 5.7 the requests running at the outage never finish in Celery's
-            # main process (compat.BEHAVIOURS: active_after_broker_restart): they stay
-            # active, or leave Celery's state without an end when their message is
-            # delivered again and runs (after a crash).  At most the pool's two.
-            return (
-                s if 0 <= executions - finished <= 2 and active <= executions - finished else None
-            )
+            # Before 5.7 the requests running at the outage may never finish in Celery's
+            # main process (compat.BEHAVIOURS: active_after_broker_restart): steady is
+            # all there is to wait for; what is left over is bounded below.
+            return s
 
         try:
             s = wait_for(settled, 180, interval=0.5, message="queue drained and counters settled")
@@ -857,15 +860,18 @@ def test_rabbitmq_restarted_under_load(
         assert received + redelivered == len(deliveries), report
         assert redelivered == broker_redelivered, report
         assert succeeded == started - unfinished, report
+        ran_twice = sum(n - 1 for n in runs.values())
         if celery.VERSION >= (5, 7):
             assert never_started == unfinished == 0, report
         else:
             # The jobs in the pool's two children at the outage: Celery before 5.7 loses
-            # the child's news of them (compat.BEHAVIOURS: active_after_broker_restart).
-            # One whose start never reached the main process was never acknowledged
-            # either: its message comes again and runs again, seen this time.
-            assert never_started >= 0 and unfinished >= 0, report
-            assert never_started + unfinished <= 2, report
+            # the child's news of them (compat.BEHAVIOURS: active_after_broker_restart),
+            # and still lists the unfinished ones as active, unless their message came
+            # again and ran (after a crash).  One whose start never reached the main
+            # process was never acknowledged either: its message came again and ran again.
+            assert 0 <= never_started <= ran_twice, report
+            assert unfinished >= 0 and never_started + unfinished <= 2, report
+            assert s.value("celery_worker_tasks_active") <= unfinished, report
         if kill:
             # A crash flags every recovered message: some were in flight at the kill.
             assert redelivered >= prefetched_before > 0, report
@@ -880,16 +886,13 @@ def test_rabbitmq_restarted_under_load(
             # message again, flagged, and it runs again: at-least-once, as Celery
             # promises with early acknowledgement too.  Started counts both runs, as
             # they happened; each second run must have come as a flagged delivery.
-            ran_twice = sum(n - 1 for n in runs.values())
             per_id = collections.Counter(deliveries)
             assert all(per_id[i] >= n for i, n in runs.items()), report
             assert ran_twice <= redelivered, report
             assert received == n_tasks == len(set(deliveries)), report
-            # (Twice as the counters saw it: a first run the main process never saw start
-            # is not in started.)
-            seen_twice = ran_twice - never_started
-            balance = received - started - s.value("celery_worker_prefetched_tasks") + seen_twice
-            assert balance == 0, report
+            # So received - started - prefetched is back to 0 but for the second runs the
+            # counters saw start (received == n_tasks, started == executions -
+            # never_started, settled with nothing prefetched).
         _no_instrumentation_errors(s)
     finally:
         with contextlib.ExitStack() as cleanup:

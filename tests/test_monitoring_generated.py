@@ -499,6 +499,14 @@ def test_long_window_rules_have_a_group_and_interval_of_their_own() -> None:
     assert all("[2h]" in r["expr"] for r in long["rules"][:2])
     unset = _groups(MonitoringConfig.from_mapping({"long_window_interval": None}))
     assert "interval" not in unset["csuite-async-obs.recording.long"]
+    # auto (the default): 1m, or a quarter of a window shorter than 4m, so that a
+    # config with short windows stays valid without naming the interval.
+    short = MonitoringConfig.from_mapping(
+        {"alerts": {"CeleryRareTaskFailed": {"window": "2m"},
+                    "CeleryTaskFailureRatioHigh": {"window": "1m"}}}
+    )  # fmt: skip
+    assert short.long_window_interval == "auto"
+    assert _groups(short)["csuite-async-obs.recording.long"]["interval"] == "30s"
 
 
 @pytest.mark.parametrize(
@@ -506,7 +514,8 @@ def test_long_window_rules_have_a_group_and_interval_of_their_own() -> None:
     [
         ({"long_window_interval": "a minute"}, "a minute", "a Prometheus duration"),
         # Past the 5 m lookback the alerts would see gaps between evaluations.
-        ({"long_window_interval": "5m"}, "5m", "at most 4m"),
+        ({"long_window_interval": "3m"}, "3m", "at most 2m"),
+        ({"long_window_interval": "0s"}, "0s", "above 0"),
         # A quarter of the window at most: a failure must not come and go unseen.
         ({"long_window_interval": "2m", "alerts": {"CeleryRareTaskFailed": {"window": "6m"},
                                                  "CeleryTaskFailureRatioHigh": {"window": "5m"}}},

@@ -200,10 +200,11 @@ class MonitoringConfig:
     #: How often the long-window recording rules (the failure counts and ratio over
     #: ``CeleryRareTaskFailed``'s window, 1h by default) are evaluated: their own group
     #: with this ``interval``.  They read every sample of that window, per task, queue
-    #: and worker: at fleet scale the costliest rules of all (measured: most of the
-    #: recording group's time at 1,000 workers), for an info alert that a minute's
-    #: delay does not change.  ``None``: Prometheus's global ``evaluation_interval``.
-    long_window_interval: str | None = "1m"
+    #: and worker: at fleet scale the costliest rules of all, for alerts that a minute's
+    #: delay does not change.  ``"auto"``: 1m, or a quarter of the window when that is
+    #: shorter; ``None``: Prometheus's global ``evaluation_interval`` (use it when that
+    #: is already 1m or more).  A duration: at most 2m and a quarter of the window.
+    long_window_interval: str | None = "auto"
 
     @property
     def native(self) -> bool:
@@ -250,7 +251,7 @@ class MonitoringConfig:
             config = replace(config, histograms=kind)
         if "long_window_interval" in data:
             raw = data["long_window_interval"]
-            interval = None if raw is None else _duration("long_window_interval", raw)
+            interval = raw if raw in (None, "auto") else _duration("long_window_interval", raw)
             config = replace(config, long_window_interval=interval)
         if data.get("runtime_buckets") is not None:
             raw = data["runtime_buckets"]

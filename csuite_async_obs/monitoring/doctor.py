@@ -16,8 +16,9 @@ loaded (``/api/v1/rules``: what is loaded, not what a file says) -- and gives on
 - **rules**: the groups named ``<group_prefix>.recording``, ``<group_prefix>.recording.long``
   and ``<group_prefix>.alerts`` are loaded; every group of ours has health ``ok`` on each
   rule, no ``lastError``, was evaluated within 3 intervals (+10 s) of Prometheus's own
-  clock, and its last evaluation took no longer than its interval (a slower group skips
-  evaluations).
+  clock (or, not evaluated yet, was loaded less than an interval + 10 s ago: pending,
+  not failing), and its last evaluation took no longer than its interval (a group
+  slower than that falls behind and skips evaluations).
 - **alert series**: for each alerting rule of our groups, whether its expression can
   produce a result with the series this Prometheus has.  The expression is split at its
   top-level ``or`` (either side suffices), ``and`` (both needed) and ``unless`` (only the
@@ -352,13 +353,33 @@ def _parse_time(text: str) -> float | None:
     )
 
 
+def _config_loaded_at(api: PrometheusAPI) -> float | None:
+    """When Prometheus last loaded its configuration and rules (None if it cannot say)."""
+    try:
+        info = api.get("status/runtimeinfo")
+    except (PrometheusQueryError, PrometheusUnreachable):  # e.g. a ruler without the endpoint
+        return None
+    return _parse_time(str(info.get("lastConfigTime", ""))) if isinstance(info, dict) else None
+
+
 def our_groups(groups: Iterable[Mapping[str, Any]], config: MonitoringConfig) -> list[Any]:
     """The loaded rule groups whose names start with the config's prefix."""
     return [g for g in groups if str(g.get("name", "")).startswith(config.group_prefix + ".")]
 
 
-def check_rules(groups: Sequence[Mapping[str, Any]], config: MonitoringConfig, now: float) -> Check:
-    """Our rule groups are loaded, healthy and evaluating."""
+def check_rules(
+    groups: Sequence[Mapping[str, Any]],
+    config: MonitoringConfig,
+    now: float,
+    loaded_at: float | None = None,
+) -> Check:
+    """Our rule groups are loaded, healthy and evaluating.
+
+    ``loaded_at``: when Prometheus last loaded its configuration (``lastConfigTime``), if
+    known.  A group first runs at its next interval boundary, so one not evaluated yet
+    within an interval (+10 s) of that is pending, not failing: a check run right
+    after a reload passes.
+    """
     ours = our_groups(groups, config)
     expected = [
         f"{config.group_prefix}.recording",
@@ -377,27 +398,34 @@ def check_rules(groups: Sequence[Mapping[str, Any]], config: MonitoringConfig, n
             "`promtool check config` names a file it refused",
         )
     problems = []
+    pending = []
     count = 0
     for group in ours:
         interval = float(group.get("interval") or 60)
         last = _parse_time(str(group.get("lastEvaluation", "")))
-        if last is None:
+        waiting = last is None and loaded_at is not None and now - loaded_at <= interval + 10
+        if waiting:
+            pending.append(str(group["name"]))
+        elif last is None:
             problems.append(f"{group['name']} not evaluated yet")
         elif now - last > 3 * interval + 10:
             problems.append(f"{group['name']} last evaluated {now - last:.0f}s ago")
         took = group.get("evaluationTime")
-        # A group slower than its interval skips evaluations (Prometheus counts them in
-        # prometheus_rule_group_iterations_missed_total): its alerts see holes.
+        # A group whose evaluation outlasts its interval falls behind, and Prometheus
+        # skips the slots it missed (prometheus_rule_group_iterations_missed_total).
         if isinstance(took, (int, float)) and took > interval:
             problems.append(
-                f"{group['name']} took {took:.1f}s to evaluate, over its {interval:g}s interval"
+                f"{group['name']}'s last evaluation took {took:.1f}s, over its {interval:g}s "
+                "interval"
             )
         for rule in group.get("rules", []):
             count += 1
             name = rule.get("name", "?")
             if rule.get("lastError"):
                 problems.append(f"{name}: {rule['lastError']}")
-            elif rule.get("health") not in ("ok", None):
+            elif rule.get("health") not in ("ok", None) and not (
+                waiting and rule.get("health") == "unknown"  # not run yet
+            ):
                 problems.append(f"{name}: health {rule.get('health')}")
     if problems:
         return Check(
@@ -410,7 +438,13 @@ def check_rules(groups: Sequence[Mapping[str, Any]], config: MonitoringConfig, n
             "give it more CPU, or the group a longer interval (long_window_interval in the "
             "monitoring config, or the global evaluation_interval)",
         )
-    return Check("rules", True, f"{len(ours)} group(s), {count} rules, healthy and evaluating")
+    detail = f"{len(ours)} group(s), {count} rules, healthy and evaluating"
+    if pending:
+        detail += (
+            f" ({', '.join(pending)} not evaluated yet: the configuration was loaded "
+            f"{now - float(loaded_at or now):.0f}s ago, within the group's interval)"
+        )
+    return Check("rules", True, detail)
 
 
 # --------------------------------------------------------------------------- alert series
@@ -828,7 +862,7 @@ def run_checks(
     except PrometheusQueryError as exc:
         checks.append(Check("rules", False, f"/api/v1/rules: {exc}", "a Prometheus >= 2.x"))
     else:
-        checks.append(check_rules(groups, config, now))
+        checks.append(check_rules(groups, config, now, _config_loaded_at(api)))
     guarded("alert series", lambda: check_alert_series(api, groups, config))
     guarded("label overflow", lambda: check_label_overflow(api, config, limits))
     guarded("instrumentation errors", lambda: check_instrumentation_errors(api, config, limits))

@@ -27,6 +27,9 @@ differ; ``scripts/generate-rules`` rewrites them).  What a config changes:
   polling alert's ``threshold`` (how old a successful poll may be) is also the
   staleness under which the queue recording rules drop a poller's readings.
 * ``runbook_url`` and ``group_prefix``: the ``runbook`` annotations and group names.
+* ``long_window_interval``: the ``interval`` of ``<group_prefix>.recording.long``, the
+  three rules over the rare-task alert's window (the costliest at fleet scale), so
+  that they do not run at every global evaluation (:func:`long_window_interval`).
 
 The alerts on celery beat and its periodic tasks are a second group in
 ``alerts.rules.yml``, ``<group_prefix>.periodic`` (:func:`periodic_alerts`).
@@ -199,9 +202,21 @@ def _percent(value: float) -> str:
     return f"{value * 100:g}%"
 
 
-#: The longest ``long_window_interval``: under Prometheus's default 5 m lookback, with
-#: room for an evaluation that runs late.
-LONG_INTERVAL_MAX = 240.0
+#: The longest ``long_window_interval``: the alerts read the group's series through
+#: Prometheus's lookback (``--query.lookback-delta``, 5 m by default), and one missed
+#: evaluation doubles the gap between samples: 2 x 2 m stays under it.
+LONG_INTERVAL_MAX = 120.0
+#: ``long_window_interval: auto``: this, or a quarter of the window when that is shorter.
+LONG_INTERVAL_AUTO = 60.0
+
+
+def long_window_interval(config: MonitoringConfig) -> str | None:
+    """The long-window group's ``interval`` in ``config`` (``None``: the global one)."""
+    interval = config.long_window_interval
+    if interval != "auto":
+        return interval
+    window = seconds(str(_setting(config, "CeleryRareTaskFailed", "window")))
+    return _duration(min(LONG_INTERVAL_AUTO, max(1.0, window // 4)))
 
 
 def validate(config: MonitoringConfig) -> None:
@@ -236,17 +251,18 @@ def validate(config: MonitoringConfig) -> None:
         )
     interval = config.long_window_interval
     # An interval as long as the window would let a failure come and go unseen, and
-    # the alerts read the recorded series through Prometheus's 5 m lookback: an
-    # interval past it would leave them gaps with no value.
-    if interval is not None and (
-        seconds(interval) * 4 > seconds(str(long)) or seconds(interval) > LONG_INTERVAL_MAX
+    # the alerts read the recorded series through Prometheus's lookback: an interval
+    # near it would leave them gaps with no value.
+    if interval not in (None, "auto") and not (
+        0 < seconds(str(interval)) * 4 <= seconds(str(long))
+        and seconds(str(interval)) <= LONG_INTERVAL_MAX
     ):
         raise MonitoringConfigError(
             "long_window_interval",
             interval,
-            f"an interval of at most a quarter of CeleryRareTaskFailed's window ({long}) and "
-            f"at most {_duration(LONG_INTERVAL_MAX)} (the alerts read these series through "
-            "the 5m lookback), or null for the global evaluation_interval",
+            f"auto, null (the global evaluation_interval), or an interval above 0 of at most "
+            f"{_duration(LONG_INTERVAL_MAX)} (the alerts read these series through the 5m "
+            f"lookback) and a quarter of CeleryRareTaskFailed's window ({long})",
         )
 
 
@@ -558,7 +574,7 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
     ]
     return [
         Group(f"{config.group_prefix}.recording", rules),
-        Group(f"{config.group_prefix}.recording.long", long_rules, config.long_window_interval),
+        Group(f"{config.group_prefix}.recording.long", long_rules, long_window_interval(config)),
     ]
 
 
@@ -673,7 +689,8 @@ def alert_groups(config: MonitoringConfig) -> list[Group]:
             f"on the last {_last(seconds(rare_window))} when it ran at least {rare} times in it; "
             "a task below that\n"
             'is "rare" and CeleryRareTaskFailed reports any failure instead. Each\n'
-            "task is judged by exactly one of the three at any moment.",
+            "task is judged by exactly one of the three (within a long_window_interval\n"
+            "of a change: the long-window series are that much older).",
         ),
         _alert(
             config,
