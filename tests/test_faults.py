@@ -791,6 +791,11 @@ def test_rabbitmq_restarted_under_load(
 
         # Why the last look was not settled yet: the timeout message says it.
         last: dict[str, Any] = {}
+        # Celery 5.7 finishes every job through a clean stop.  After a crash it may lose
+        # the end of one whose message the node delivers again while it runs (seen once
+        # in CI: 259 of 260 executions finished, none active; the request has left
+        # Celery's state, as on 5.4): bounded as before 5.7.
+        strict = celery.VERSION >= (5, 7) and not kill
 
         def settled() -> Samples | None:
             _worker_running(worker)
@@ -812,11 +817,12 @@ def test_rabbitmq_restarted_under_load(
             last["look"] = look
             if prefetched != 0 or not steady:
                 return None
-            if celery.VERSION >= (5, 7):
+            if strict:
                 return s if active == 0 and finished == executions else None
-            # Before 5.7 the requests running at the outage may never finish in Celery's
-            # main process (compat.BEHAVIOURS: active_after_broker_restart): steady is
-            # all there is to wait for; what is left over is bounded below.
+            # Before 5.7, and after a crash on any version, a job running at the outage
+            # may never finish in Celery's main process (compat.BEHAVIOURS:
+            # active_after_broker_restart): steady is all there is to wait for; what is
+            # left over is bounded below.
             return s
 
         try:
@@ -861,11 +867,12 @@ def test_rabbitmq_restarted_under_load(
         assert redelivered == broker_redelivered, report
         assert succeeded == started - unfinished, report
         ran_twice = sum(n - 1 for n in runs.values())
-        if celery.VERSION >= (5, 7):
+        if strict:
             assert never_started == unfinished == 0, report
         else:
-            # The jobs in the pool's two children at the outage: Celery before 5.7 loses
-            # the child's news of them (compat.BEHAVIOURS: active_after_broker_restart),
+            # The jobs in the pool's two children at the outage: Celery (before 5.7, or
+            # after a crash) may lose the child's news of them (compat.BEHAVIOURS:
+            # active_after_broker_restart),
             # and still lists the unfinished ones as active, unless their message came
             # again and ran (after a crash).  One whose start never reached the main
             # process was never acknowledged either: its message came again and ran again.
