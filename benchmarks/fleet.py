@@ -56,7 +56,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,6 +360,11 @@ def _run_on(
     return result
 
 
+def _rule_group(series: Mapping[str, Any]) -> str:
+    """The group name of a ``prometheus_rule_group_*`` series (its label is ``file;name``)."""
+    return str(series["metric"].get("rule_group", "?")).split(";", 1)[-1]
+
+
 def _measure(
     prom: PrometheusServer, window: float, workers: int, shape: dict[str, int]
 ) -> dict[str, Any]:
@@ -391,13 +396,12 @@ def _measure(
     }
     groups: dict[str, dict[str, float | None]] = {}
     for series in _range_values(prom, "prometheus_rule_group_last_duration_seconds", window):
-        group = series["metric"].get("rule_group", "?").split(";", 1)[-1]
-        groups[group] = _quantiles([float(v) for _, v in series["values"]])
+        groups[_rule_group(series)] = _quantiles([float(v) for _, v in series["values"]])
     out["rule_groups_s"] = dict(sorted(groups.items()))
     # Per round of the global evaluation interval (the shortest): a group with a longer
     # interval of its own (recording.long, 1m) counts the share of it one round carries.
     intervals = {
-        series["metric"].get("rule_group", "?").split(";", 1)[-1]: float(series["value"][1])
+        _rule_group(series): float(series["value"][1])
         for series in prom.query("prometheus_rule_group_interval_seconds")
     }
     shortest = min(intervals.values(), default=1.0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -592,27 +592,38 @@ def test_counter_checks_count_between_raw_samples_without_extrapolation() -> Non
     assert _counted([]) == 0
 
 
+EVALUATED = "2027-01-15T08:00:00.25Z"
+
+
+def _evaluated_groups(slow: float = 0.2, long_ran: bool = True) -> list[dict[str, Any]]:
+    """The shipped groups as /api/v1/rules lists them at :data:`EVALUATED`: every 10 s, the
+    long one every 60 s; the recording group's last evaluation took ``slow``; the long
+    group has not run yet when not ``long_ran`` (Go's zero time, rules of health unknown)."""
+
+    def ran(group: Mapping[str, Any]) -> bool:
+        return long_ran or not group["name"].endswith(".long")
+
+    return [
+        {**g, "interval": 60 if g["name"].endswith(".long") else 10,
+         "lastEvaluation": EVALUATED if ran(g) else "0001-01-01T00:00:00Z",
+         "evaluationTime": (slow if g["name"] == "csuite-async-obs.recording" else 0.2)
+         if ran(g) else 0,
+         "rules": [{**r, "health": "ok" if ran(g) else "unknown"} for r in g["rules"]]}
+        for g in _loaded_groups()
+    ]  # fmt: skip
+
+
 def test_a_group_slower_than_its_interval_is_named() -> None:
     """A group whose evaluation outlasts its interval skips evaluations (seen in the fleet
     benchmark: the recording group took 12.7 s of a 10 s interval at 1,000 workers)."""
-    stamp = "2027-01-15T08:00:00.25Z"
-    last = doctor._parse_time(stamp)
+    last = doctor._parse_time(EVALUATED)
     assert last is not None
     now = last + 5
-
-    def loaded(slow: float) -> list[dict[str, Any]]:
-        return [
-            {**g, "interval": 60 if g["name"].endswith(".long") else 10, "lastEvaluation": stamp,
-             "evaluationTime": slow if g["name"] == "csuite-async-obs.recording" else 0.2,
-             "rules": [{**r, "health": "ok"} for r in g["rules"]]}
-            for g in _loaded_groups()
-        ]  # fmt: skip
-
-    healthy = doctor.check_rules(loaded(9.5), MonitoringConfig(), now)
+    healthy = doctor.check_rules(_evaluated_groups(9.5), MonitoringConfig(), now)
     assert healthy.ok, healthy.detail
     groups = len(_loaded_groups())
     assert healthy.detail == f"{groups} group(s), {_rules()[0]} rules, healthy and evaluating"
-    slow = doctor.check_rules(loaded(12.7), MonitoringConfig(), now)
+    slow = doctor.check_rules(_evaluated_groups(12.7), MonitoringConfig(), now)
     assert not slow.ok
     assert slow.detail == (
         "csuite-async-obs.recording's last evaluation took 12.7s, over its 10s interval"
@@ -623,18 +634,10 @@ def test_a_group_slower_than_its_interval_is_named() -> None:
 def test_a_group_not_evaluated_within_its_interval_of_a_reload_is_pending() -> None:
     """A group first runs at its next interval boundary: right after a reload the 1m
     long-window group has not run yet, and that is no failure; later it is."""
-    stamp = "2027-01-15T08:00:00Z"
-    last = doctor._parse_time(stamp)
+    last = doctor._parse_time(EVALUATED)
     assert last is not None
     now = last + 5
-    groups = [
-        {**g, "interval": 60 if g["name"].endswith(".long") else 10,
-         "lastEvaluation": "0001-01-01T00:00:00Z" if g["name"].endswith(".long") else stamp,
-         "evaluationTime": 0 if g["name"].endswith(".long") else 0.2,
-         "rules": [{**r, "health": "unknown" if g["name"].endswith(".long") else "ok"}
-                   for r in g["rules"]]}
-        for g in _loaded_groups()
-    ]  # fmt: skip
+    groups = _evaluated_groups(long_ran=False)
     fresh = doctor.check_rules(groups, MonitoringConfig(), now, loaded_at=now - 30)
     assert fresh.ok, fresh.detail
     assert fresh.detail.endswith(

@@ -72,6 +72,18 @@ def _idle(worker: Worker) -> Samples:
     return result
 
 
+class _Steady:
+    """True once the same look comes twice in a row: nothing is still finishing (a task
+    still running is active too, and must not pass for one stuck: seen on 5.4)."""
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+
+    def __call__(self, look: Any) -> bool:
+        same, self.previous = look == self.previous, look
+        return bool(same)
+
+
 def _no_instrumentation_errors(s: Samples) -> None:
     assert s.sum("csuite_async_obs_instrumentation_errors_total") == 0
 
@@ -557,7 +569,7 @@ def test_broker_killed_and_restarted_under_load(tmp_path: Path, redis_server: Re
         client = redis.Redis(port=broker.port)
 
         stuck: list[int] = []
-        looks: list[tuple[float, float, int]] = []
+        steady = _Steady()
 
         def settled() -> Samples | None:
             _worker_running(worker)
@@ -571,10 +583,7 @@ def test_broker_killed_and_restarted_under_load(tmp_path: Path, redis_server: Re
             # or is still active in Celery's own worker state (our gauge reads it).
             active = s.value("celery_worker_tasks_active") or 0
             finished = s.sum("celery_task_runtime_seconds_count", name="tests.mark")
-            # The same look twice in a row (a task takes 20 ms): a task still running
-            # is active too, and must not pass for one stuck (seen on 5.4: 3 "stuck").
-            looks.append((active, finished, executions))
-            if len(looks) < 2 or looks[-2] != looks[-1]:
+            if not steady((active, finished, executions)):  # seen on 5.4: 3 "stuck" of 2
                 return None
             if finished + active != executions:
                 return None
@@ -791,6 +800,7 @@ def test_rabbitmq_restarted_under_load(
 
         # Why the last look was not settled yet: the timeout message says it.
         last: dict[str, Any] = {}
+        steady = _Steady()
         # Celery 5.7 finishes every job through a clean stop.  After a crash it may lose
         # the end of one whose message the node delivers again while it runs (seen once
         # in CI: 259 of 260 executions finished, none active; the request has left
@@ -799,7 +809,6 @@ def test_rabbitmq_restarted_under_load(
 
         def settled() -> Samples | None:
             _worker_running(worker)
-            previous = last.get("look")
             last.clear()
             live = rabbitmq_server.list_queues(vhost).get(Q)
             last["live"] = live
@@ -812,10 +821,8 @@ def test_rabbitmq_restarted_under_load(
             executions = len(_files(marks))
             look = dict(prefetched=prefetched, active=active, finished=finished,
                         executions=executions)  # fmt: skip
-            # The same look twice in a row: nothing is still finishing (a task takes 50 ms).
-            steady = previous == look
             last["look"] = look
-            if prefetched != 0 or not steady:
+            if not steady(look) or prefetched != 0:
                 return None
             if strict:
                 return s if active == 0 and finished == executions else None
@@ -849,7 +856,7 @@ def test_rabbitmq_restarted_under_load(
         started = _val(s, "celery_task_started_total", **labels)
         succeeded = _val(s, "celery_task_succeeded_total", **labels)
         # Executions in a pool child that Celery's main process (where starts and outcomes
-        # are counted) never saw begin, or never saw end: 0 from 5.7, above.
+        # are counted) never saw begin, or never saw end: 0 when strict, above.
         never_started = len(executions) - started
         unfinished = started - s.sum("celery_task_runtime_seconds_count", name="tests.mark")
         report = (
@@ -872,9 +879,8 @@ def test_rabbitmq_restarted_under_load(
         else:
             # The jobs in the pool's two children at the outage: Celery (before 5.7, or
             # after a crash) may lose the child's news of them (compat.BEHAVIOURS:
-            # active_after_broker_restart),
-            # and still lists the unfinished ones as active, unless their message came
-            # again and ran (after a crash).  One whose start never reached the main
+            # active_after_broker_restart), and still lists the unfinished ones as
+            # active, unless their message came again and ran (after a crash).  One whose start never reached the main
             # process was never acknowledged either: its message came again and ran again.
             assert 0 <= never_started <= ran_twice, report
             assert unfinished >= 0 and never_started + unfinished <= 2, report

@@ -64,6 +64,7 @@ from typing import Any
 
 from ..metrics.catalog import SPECS
 from .config import MonitoringConfig
+from .rules import recording_groups
 
 __all__ = [
     "Check",
@@ -381,11 +382,7 @@ def check_rules(
     after a reload passes.
     """
     ours = our_groups(groups, config)
-    expected = [
-        f"{config.group_prefix}.recording",
-        f"{config.group_prefix}.recording.long",
-        f"{config.group_prefix}.alerts",
-    ]
+    expected = [g.name for g in recording_groups(config)] + [f"{config.group_prefix}.alerts"]
     missing = [name for name in expected if name not in {g["name"] for g in ours}]
     if missing:
         return Check(

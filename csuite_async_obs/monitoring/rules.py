@@ -253,9 +253,9 @@ def validate(config: MonitoringConfig) -> None:
     # An interval as long as the window would let a failure come and go unseen, and
     # the alerts read the recorded series through Prometheus's lookback: an interval
     # near it would leave them gaps with no value.
-    if interval not in (None, "auto") and not (
-        0 < seconds(str(interval)) * 4 <= seconds(str(long))
-        and seconds(str(interval)) <= LONG_INTERVAL_MAX
+    every = None if interval in (None, "auto") else seconds(str(interval))
+    if every is not None and not (
+        0 < every * 4 <= seconds(str(long)) and every <= LONG_INTERVAL_MAX
     ):
         raise MonitoringConfigError(
             "long_window_interval",
@@ -489,23 +489,33 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
     failed = 'state="failed"'
     staleness = _num(_setting(config, "CeleryQueueDepthPollingFailing", "threshold"))
     rules: list[Rule] = []
+    headings = {
+        "short": (
+            "--- failure ratio with a minimum volume -------------------------------",
+            "Every execution ends in exactly one state of the runtime histogram; the\n"
+            "succeeded and failed series exist at 0 from worker start, so a task's first\n"
+            "failure is an increase from 0 to 1 that increase() sees\n"
+            "(celery_task_failed_total would appear at 1 and be missed).  The other\n"
+            "states' series appear at their first run (default profile), which\n"
+            "increase() misses: at most one execution per state, task and worker.",
+        ),
+        "long": (
+            "--- failure ratio over the long window ---------------------------------",
+            "The same over CeleryRareTaskFailed's window, in a group of its own with a\n"
+            "longer interval (the config's long_window_interval): these read every\n"
+            "sample of the window per task, queue and worker, the costliest rules at\n"
+            "fleet scale, for alerts that a minute's delay does not change.",
+        ),
+    }
     failure_rules: dict[str, list[Rule]] = {}
     for window, kind in ((w["ratio"], "short"), (w["rare"], "long")):
+        section, comment = headings[kind]
         failure_rules[kind] = [
             Rule(
                 record=r[f"executions_{kind}"],
                 expr=f"sum {task_by} ({q.observations(runtime, window)})",
-                section="--- failure ratio with a minimum volume -------------------------------"
-                if kind == "short"
-                else "",
-                comment="Every execution ends in exactly one state of the runtime histogram; the\n"
-                "succeeded and failed series exist at 0 from worker start, so a task's first\n"
-                "failure is an increase from 0 to 1 that increase() sees\n"
-                "(celery_task_failed_total would appear at 1 and be missed).  The other\n"
-                "states' series appear at their first run (default profile), which\n"
-                "increase() misses: at most one execution per state, task and worker."
-                if kind == "short"
-                else "",
+                section=section,
+                comment=comment,
             ),
             Rule(
                 record=r[f"failures_{kind}"],
@@ -517,15 +527,6 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
             ),
         ]
     rules += failure_rules["short"]
-    long_rules = failure_rules["long"]
-    long_rules[0] = replace(
-        long_rules[0],
-        section="--- failure ratio over the long window ---------------------------------",
-        comment="The same over CeleryRareTaskFailed's window, in a group of its own with a\n"
-        "longer interval (the config's long_window_interval): these read every\n"
-        "sample of the window per task, queue and worker, the costliest rules at\n"
-        "fleet scale, for alerts that a minute's delay does not change.",
-    )
     fresh = _fresh(q, config)
     on_target = q.on("job", "instance")
     for key, metric in (
@@ -574,7 +575,11 @@ def recording_groups(config: MonitoringConfig) -> list[Group]:
     ]
     return [
         Group(f"{config.group_prefix}.recording", rules),
-        Group(f"{config.group_prefix}.recording.long", long_rules, long_window_interval(config)),
+        Group(
+            f"{config.group_prefix}.recording.long",
+            failure_rules["long"],
+            long_window_interval(config),
+        ),
     ]
 
 
